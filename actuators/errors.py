@@ -25,3 +25,7 @@ class ConflictingAutoscaler(ActuatorError):
 
 class Unavailable(ActuatorError):
     """The control plane kept failing (5xx, throttling, timeouts) after bounded retries."""
+
+
+class AuthenticationFailed(ActuatorError):
+    """The control plane rejected the credentials (missing, invalid or expired token)."""
