@@ -1,0 +1,86 @@
+"""How fast one vLLM replica of a given model on a given GPU is.
+
+Used alike by the simulator's engine model and the controller's capacity model. One engine
+step (a decode token for every running sequence plus a chunk of prefill tokens) takes
+
+    step_s = decode_base_s + decode_per_seq_s * batch + decode_per_context_token_s * context
+             + prefill_per_token_s * prefill_tokens
+
+where `context` is the number of tokens (prompt + generated) held by the decoding batch:
+decode is memory-bound (weights once per step, KV cache per context token), prefill is
+compute-bound (per prompt token).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+Positive = Annotated[float, Field(gt=0)]
+NonNeg = Annotated[float, Field(ge=0)]
+
+
+class ProfileError(ValueError):
+    """A replica profile that cannot be used; the message names the file and the field."""
+
+
+class ReplicaProfile(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    model: str
+    gpu: str
+    # Where the figures come from: "measured by `vllm-autoscaler profile` on ..." or
+    # "estimate from ..." — estimates must say so.
+    source: str
+    max_num_seqs: Annotated[int, Field(ge=1)] = 256
+    max_num_batched_tokens: Annotated[int, Field(ge=1)] = 2048
+    kv_cache_tokens: Annotated[int, Field(ge=1)]
+    prefill_per_token_s: Positive
+    decode_base_s: Positive
+    decode_per_seq_s: NonNeg = 0.0
+    decode_per_context_token_s: NonNeg = 0.0
+
+    def step_seconds(self, batch: int, context_tokens: float, prefill_tokens: int) -> float:
+        return (
+            self.decode_base_s
+            + self.decode_per_seq_s * batch
+            + self.decode_per_context_token_s * context_tokens
+            + self.prefill_per_token_s * prefill_tokens
+        )
+
+
+def profiles_dir() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("vllm_autoscaler.config").joinpath("profiles")))
+
+
+def shipped_profiles() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.yaml"))
+
+
+def load_profile(name_or_path: str) -> ReplicaProfile:
+    """A shipped profile by name (config/profiles/NAME.yaml) or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = profiles_dir() / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise ProfileError(
+                f"unknown replica profile {name_or_path!r}; shipped: {', '.join(shipped_profiles())}"
+                " (or give a path to a profile YAML)"
+            )
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ProfileError(f"{path}: cannot read replica profile: {exc}") from exc
+    try:
+        return ReplicaProfile.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+        )
+        raise ProfileError(f"{path}: invalid replica profile: {problems}") from None

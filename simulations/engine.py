@@ -1,0 +1,265 @@
+"""A vLLM replica as a continuous-batching engine, simulated event by event.
+
+What vLLM's scheduler does each engine step: every running sequence gets one decode token,
+and what is left of the `max_num_batched_tokens` budget goes to prompt chunks of admitted
+requests, first come first served (chunked prefill). A waiting request is admitted when fewer
+than `max_num_seqs` are running and the KV cache has room for its prompt; when the cache fills
+up during decode, the most recently admitted sequence is preempted and recomputed later.
+
+To stay fast, steps that carry prefill are simulated one by one (that is where TTFT is made),
+while stretches of pure decode are advanced in one go: between two events the batch is fixed,
+so every sequence gains one token per step of known length (a "virtual token clock" `v`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Protocol
+
+from ..controller.profile import ReplicaProfile
+
+# vLLM keeps a small share of KV blocks free when admitting (watermark).
+KV_ADMISSION_WATERMARK = 0.01
+EPS = 1e-9
+
+
+class EngineHost(Protocol):
+    """What a replica needs from the simulation around it."""
+
+    prompt: list[int]
+    output: list[int]
+
+    def schedule(self, time: float, callback, arg) -> None: ...
+    def first_token(self, req: int, time: float) -> None: ...
+    def finished(self, req: int, time: float, replica: Replica) -> None: ...
+    def rejected(self, req: int, time: float, replica: Replica) -> None: ...
+
+
+class Replica:
+    """One vLLM engine. `enqueue` hands it a request; the host's clock drives its events."""
+
+    __slots__ = (
+        "host", "profile", "waiting", "prefilling", "prefill_left", "decoding", "finish_heap",
+        "v_start", "generated", "v", "v_time", "step_s", "in_step", "step_chunks",
+        "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s", "kv_cap",
+        "kv_admit_cap", "budget", "owner",
+    )  # fmt: skip
+
+    def __init__(self, host: EngineHost, profile: ReplicaProfile, owner: object = None):
+        self.host = host
+        self.owner = owner  # the pod or container this engine runs in
+        self.profile = profile
+        self.kv_cap = profile.kv_cache_tokens
+        self.kv_admit_cap = profile.kv_cache_tokens * (1 - KV_ADMISSION_WATERMARK)
+        self.budget = profile.max_num_batched_tokens
+        self.waiting: deque[int] = deque()  # not yet admitted
+        self.prefilling: deque[int] = deque()  # admitted, prompt (or recompute) not done
+        self.prefill_left: dict[int, int] = {}
+        self.decoding: dict[int, float] = {}  # req -> finish v; insertion order = admission
+        self.finish_heap: list[tuple[float, int]] = []
+        self.v_start: dict[int, float] = {}
+        self.generated: dict[int, int] = {}  # only for requests that were preempted
+        self.v = 0.0  # decode tokens per running sequence since start (the virtual clock)
+        self.v_time = 0.0  # when `v` was last brought up to date
+        self.step_s = 0.0  # length of the current decode-only step (fluid mode)
+        self.in_step = False  # a prefill-carrying step is under way
+        self.step_chunks: list[tuple[int, int]] = []
+        self.kv_prefill = 0  # KV tokens held by admitted requests still in prefill
+        self.ctx_base = 0.0  # decoding context = ctx_base + len(decoding) * v
+        self.version = 0  # invalidates events scheduled before a state change
+        self.load = 0  # requests held (waiting + running)
+        self.busy_since: float | None = None
+        self.busy_s = 0.0
+
+    # ---- what the outside sees -------------------------------------------------------
+    @property
+    def running(self) -> int:
+        return len(self.prefilling) + len(self.decoding)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    def kv_used(self, now: float) -> float:
+        self._advance(now)
+        return self.kv_prefill + self.ctx_base + len(self.decoding) * self.v
+
+    def enqueue(self, req: int, now: float) -> None:
+        self._advance(now)
+        self.load += 1
+        if self.busy_since is None:
+            self.busy_since = now
+        self.waiting.append(req)
+        if not self.in_step:
+            self._admit(now)
+            self._plan(now)
+
+    def evict_all(self, now: float) -> list[int]:
+        """Drop every request held (the pod is killed); returns them."""
+        held = list(self.waiting) + list(self.prefilling) + list(self.decoding)
+        self.waiting.clear()
+        self.prefilling.clear()
+        self.decoding.clear()
+        self.finish_heap.clear()
+        self.load = 0
+        self.version += 1
+        self._mark_idle(now)
+        return held
+
+    # ---- the engine ------------------------------------------------------------------
+    def _advance(self, now: float) -> None:
+        """Bring the virtual clock up to `now` during a decode-only stretch."""
+        if not self.in_step and self.decoding and now > self.v_time:
+            self.v += (now - self.v_time) / self.step_s
+        self.v_time = now
+
+    def _context(self) -> float:
+        return self.ctx_base + len(self.decoding) * self.v
+
+    def _kv_room(self) -> float:
+        return self.kv_cap - self.kv_prefill - self._context()
+
+    def _admit(self, now: float) -> None:
+        profile, host = self.profile, self.host
+        while self.waiting and self.running < profile.max_num_seqs:
+            req = self.waiting[0]
+            need = host.prompt[req] + self.generated.get(req, 0)
+            if need > self.kv_admit_cap:  # can never fit: vLLM rejects it
+                self.waiting.popleft()
+                self.load -= 1
+                host.rejected(req, now, self)
+                continue
+            if self.kv_prefill + self._context() + need > self.kv_admit_cap:
+                break
+            self.waiting.popleft()
+            self.prefilling.append(req)
+            self.prefill_left[req] = need
+            self.kv_prefill += need
+
+    def _plan(self, now: float) -> None:
+        """Start the next step if there is prefill to do, else schedule the next decode event."""
+        self.version += 1
+        batch = len(self.decoding)
+        if self.prefilling:
+            budget = self.budget - batch
+            chunks = []
+            scheduled = 0
+            for req in self.prefilling:
+                if budget <= 0:
+                    break
+                take = min(self.prefill_left[req], budget)
+                chunks.append((req, take))
+                budget -= take
+                scheduled += take
+            self.step_chunks = chunks
+            self.in_step = True
+            step = self.profile.step_seconds(batch, self._context(), scheduled)
+            self.host.schedule(now + step, self._on_step_end, self.version)
+        elif batch:
+            self.step_s = self.profile.step_seconds(batch, self._context(), 0)
+            v_next = self._next_finish_v()
+            v_full = self.v + max(self._kv_room() - batch, 0.0) / batch
+            self.host.schedule(
+                now + (min(v_next, v_full) - self.v) * self.step_s, self._on_decode, self.version
+            )
+        else:
+            self._mark_idle(now)
+
+    def _next_finish_v(self) -> float:
+        heap = self.finish_heap
+        while heap and self.decoding.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # finished or preempted since it was pushed
+        return heap[0][0]
+
+    def _on_step_end(self, now: float, version: int) -> None:
+        if version != self.version:
+            return
+        self.in_step = False
+        self.v_time = now
+        if self.decoding:
+            self.v += 1.0
+        for req, took in self.step_chunks:
+            left = self.prefill_left[req] - took
+            if left > 0:
+                self.prefill_left[req] = left
+            else:
+                self._prefill_done(req, now)
+        self.step_chunks = []
+        self._finish_due(now)
+        self._relieve_kv()
+        self._admit(now)
+        self._plan(now)
+
+    def _on_decode(self, now: float, version: int) -> None:
+        if version != self.version:
+            return
+        self._advance(now)
+        self._finish_due(now)
+        self._relieve_kv()
+        self._admit(now)
+        self._plan(now)
+
+    def _prefill_done(self, req: int, now: float) -> None:
+        """The step that finishes a prompt also samples the request's next token."""
+        self.prefilling.popleft()  # budget goes to the head first, so prompts finish in order
+        del self.prefill_left[req]
+        host = self.host
+        prefilled = host.prompt[req] + self.generated.get(req, 0)
+        self.kv_prefill -= prefilled
+        generated = self.generated.get(req, 0) + 1
+        if generated == 1:
+            host.first_token(req, now)
+        left = host.output[req] - generated
+        if left <= 0:
+            self._release(req, now)
+            return
+        self.generated[req] = generated
+        finish_v = self.v + left
+        self.decoding[req] = finish_v
+        self.v_start[req] = self.v
+        # Context of this sequence at virtual time v: prefilled + 1 + (v - v_start).
+        self.ctx_base += prefilled + 1 - self.v
+        heapq.heappush(self.finish_heap, (finish_v, req))
+
+    def _finish_due(self, now: float) -> None:
+        heap, decoding = self.finish_heap, self.decoding
+        while heap:
+            finish_v, req = heap[0]
+            if decoding.get(req) != finish_v:
+                heapq.heappop(heap)
+                continue
+            if finish_v > self.v + EPS:
+                break
+            heapq.heappop(heap)
+            self._drop_decoding(req)
+            self._release(req, now)
+
+    def _drop_decoding(self, req: int) -> None:
+        del self.decoding[req]
+        v_start = self.v_start.pop(req)
+        prefilled = self.host.prompt[req] + self.generated[req] - 1
+        self.ctx_base -= prefilled + 1 - v_start
+
+    def _relieve_kv(self) -> None:
+        """No room for every sequence's next token: preempt the most recently admitted one
+        (vLLM's default recompute preemption); it goes back to the head of the queue."""
+        while self.decoding and self._kv_room() < len(self.decoding) + EPS:
+            req = next(reversed(self.decoding))
+            generated = self.generated[req] + int(self.v - self.v_start[req])
+            self._drop_decoding(req)
+            self.generated[req] = generated
+            self.waiting.appendleft(req)
+
+    def _release(self, req: int, now: float) -> None:
+        self.generated.pop(req, None)
+        self.load -= 1
+        self.host.finished(req, now, self)
+
+    def _mark_idle(self, now: float) -> None:
+        if self.busy_since is not None:
+            self.busy_s += now - self.busy_since
+            self.busy_since = None
+
+    def busy_seconds(self, now: float) -> float:
+        return self.busy_s + (now - self.busy_since if self.busy_since is not None else 0.0)

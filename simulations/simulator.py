@@ -1,0 +1,313 @@
+"""Trace replay: requests through a router into simulated pools, a policy called every tick.
+
+One event loop on a simulated clock. The policy is the very object the live daemon runs: it
+sees only an `Observation` built the way Prometheus would report it (gauges at the tick,
+histogram quantiles and rates over a window) and returns a `Decision`, which simulated
+actuators apply to pools that start, bill and drain like the real ones.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..config.schema import Config, Target
+from ..controller.histogram import ITL_BUCKETS, TTFT_BUCKETS, bucket_index, histogram_quantile
+from ..controller.profile import ReplicaProfile
+from ..controller.types import Decision, Observation, Policy, Sample
+from .engine import Replica
+from .pools import Pool, Server, SimKubernetesPool, SimModalPool
+from .traces import Trace
+
+# After the last arrival, keep running until every request is done or this long has passed.
+DRAIN_HORIZON_S = 3600.0
+
+
+@dataclass
+class Timeline:
+    """Per-tick records for plots and reports."""
+
+    time: list[float] = field(default_factory=list)
+    arrivals: list[int] = field(default_factory=list)
+    k8s_ready: list[int] = field(default_factory=list)
+    k8s_desired: list[int] = field(default_factory=list)
+    modal_ready: list[int] = field(default_factory=list)
+    modal_desired: list[int] = field(default_factory=list)
+    ttft_p99: list[float] = field(default_factory=list)
+    cost_k8s: list[float] = field(default_factory=list)
+    cost_modal: list[float] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SimResult:
+    policy: str
+    summary: dict[str, float]
+    timeline: Timeline
+    ttft: np.ndarray  # per request, NaN when it never got a first token
+    e2e: np.ndarray
+
+
+class WindowedHistogram:
+    """A Prometheus histogram plus snapshots at ticks, to answer quantiles over a window."""
+
+    def __init__(self, bounds: tuple[float, ...]):
+        self.bounds = bounds
+        self.counts = [0.0] * (len(bounds) + 1)
+        self.snapshots: deque[tuple[float, list[float]]] = deque()
+
+    def observe(self, value: float, weight: float = 1.0) -> None:
+        self.counts[bucket_index(self.bounds, value)] += weight
+
+    def snapshot(self, now: float, window: float) -> None:
+        self.snapshots.append((now, list(self.counts)))
+        while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - window:
+            self.snapshots.popleft()
+
+    def quantile(self, q: float) -> float | None:
+        base = self.snapshots[0][1] if self.snapshots else [0.0] * len(self.counts)
+        return histogram_quantile(q, self.bounds, [c - b for c, b in zip(self.counts, base)])
+
+
+class Simulation:
+    def __init__(
+        self,
+        trace: Trace,
+        config: Config,
+        target: Target,
+        profile: ReplicaProfile,
+        policy: Policy,
+        progress: Callable[[float], None] | None = None,
+    ):
+        self.trace = trace
+        self.config = config
+        self.target = target
+        self.profile = profile
+        self.policy = policy
+        self.progress = progress
+        self.rng = np.random.default_rng(config.simulation.seed)
+        self.arrival: list[float] = trace.arrival_s.tolist()
+        self.prompt: list[int] = trace.prompt_tokens.tolist()
+        self.output: list[int] = trace.output_tokens.tolist()
+        n = len(trace)
+        self.first_token_at = [math.nan] * n
+        self.finished_at = [math.nan] * n
+        self.failed = bytearray(n)
+        self.fail_reasons: dict[str, int] = {}
+        self.events: list = []
+        self.seq = 0
+        self.now = 0.0
+        self.timeout = config.simulation.request_timeout_seconds
+        self.ttft_hist = WindowedHistogram(TTFT_BUCKETS)
+        self.itl_hist = WindowedHistogram(ITL_BUCKETS)
+        self.window = config.simulation.metrics_window_seconds
+        self.rate_marks: deque[tuple[float, int, int, int]] = deque()
+        self.arrived = 0
+        self.prompt_arrived = 0
+        self.tokens_done = 0
+        k8s, modal = target.kubernetes_pool, target.modal_pool
+        self.k8s = SimKubernetesPool(self, k8s) if k8s else None
+        target_inputs = config.simulation.modal_target_inputs or profile.max_num_seqs
+        self.modal = SimModalPool(self, modal, target_inputs) if modal else None
+        self.pools: list[Pool] = [p for p in (self.k8s, self.modal) if p is not None]
+        spill = config.simulation.spill_threshold or profile.max_num_seqs
+        self.router = Router(self, spill)
+        self.timeline = Timeline()
+
+    # ---- the clock -----------------------------------------------------------------------
+    def schedule(self, when: float, callback, arg) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (when, self.seq, callback, arg))
+
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        arrival, events, tick = self.arrival, self.events, self.config.tick_seconds
+        n = len(arrival)
+        i = 0
+        next_tick = 0.0
+        end = (arrival[-1] if n else 0.0) + DRAIN_HORIZON_S
+        route = self.router.route
+        while True:
+            t_arrival = arrival[i] if i < n else math.inf
+            t_event = events[0][0] if events else math.inf
+            if next_tick <= t_arrival and next_tick <= t_event:
+                if i >= n and self.all_done():
+                    break
+                if next_tick > end:
+                    break
+                self.now = next_tick
+                self._tick(next_tick)
+                next_tick += tick
+            elif t_event <= t_arrival:
+                when, _, callback, arg = heapq.heappop(events)
+                self.now = when
+                callback(when, arg)
+            else:
+                self.now = t_arrival
+                self.arrived += 1
+                self.prompt_arrived += self.prompt[i]
+                route(i, t_arrival)
+                i += 1
+        self._fail_leftovers()
+        return self._result(time.perf_counter() - started)
+
+    def all_done(self) -> bool:
+        return self.router.idle() and all(s.engine.load == 0 for p in self.pools for s in p.servers)
+
+    # ---- what engines and pools report ---------------------------------------------------
+    def first_token(self, req: int, now: float) -> None:
+        self.first_token_at[req] = now
+        self.ttft_hist.observe(now - self.arrival[req])
+
+    def finished(self, req: int, now: float, replica: Replica) -> None:
+        self.finished_at[req] = now
+        out = self.output[req]
+        self.tokens_done += out
+        if out > 1:
+            self.itl_hist.observe((now - self.first_token_at[req]) / (out - 1), out - 1)
+        if now - self.arrival[req] > self.timeout:
+            self.fail(req, now, "client timeout")
+        server: Server = replica.owner
+        server.pool.request_done(server, now)
+
+    def rejected(self, req: int, now: float, replica: Replica) -> None:
+        self.fail(req, now, "prompt larger than the KV cache")
+        server: Server = replica.owner
+        server.pool.request_done(server, now)
+
+    def fail(self, req: int, now: float, why: str) -> None:
+        if not self.failed[req]:
+            self.failed[req] = 1
+            self.fail_reasons[why] = self.fail_reasons.get(why, 0) + 1
+
+    def timed_out(self, req: int, now: float) -> bool:
+        if now - self.arrival[req] > self.timeout:
+            self.fail(req, now, "client timeout")
+            return True
+        return False
+
+    def dispatch(self, req: int, server: Server, now: float) -> None:
+        server.engine.enqueue(req, now)
+
+    # ---- ticks: observe, decide, actuate -------------------------------------------------
+    def _tick(self, now: float) -> None:
+        observation = self.observe(now)
+        decision = self.policy.decide(observation, now)
+        self.apply(decision, now)
+        self._record(now, decision)
+        if self.progress:
+            self.progress(now)
+
+    def observe(self, now: float) -> Observation:
+        self.ttft_hist.snapshot(now, self.window)
+        self.itl_hist.snapshot(now, self.window)
+        self.rate_marks.append((now, self.arrived, self.prompt_arrived, self.tokens_done))
+        while len(self.rate_marks) > 1 and self.rate_marks[1][0] <= now - self.window:
+            self.rate_marks.popleft()
+        engines = [s.engine for p in self.pools for s in p.servers if s.ready]
+        kv = [e.kv_used(now) / e.kv_cap for e in engines]
+        t0, arrived0, prompt0, tokens0 = self.rate_marks[0]
+        span = now - t0
+
+        def sample(value: float | None) -> Sample:
+            return Sample(value, now)
+
+        def rate(delta: float) -> Sample:
+            return sample(delta / span if span > 0 else None)
+
+        return Observation(
+            time=now,
+            kubernetes=self.k8s.state(now) if self.k8s else None,
+            modal=self.modal.state(now) if self.modal else None,
+            running=sample(float(sum(e.running for e in engines))),
+            waiting=sample(float(sum(e.num_waiting for e in engines))),
+            kv_usage_mean=sample(sum(kv) / len(kv) if kv else None),
+            kv_usage_max=sample(max(kv) if kv else None),
+            ttft_p50=sample(self.ttft_hist.quantile(0.5)),
+            ttft_p95=sample(self.ttft_hist.quantile(0.95)),
+            ttft_p99=sample(self.ttft_hist.quantile(0.99)),
+            itl_p50=sample(self.itl_hist.quantile(0.5)),
+            itl_p95=sample(self.itl_hist.quantile(0.95)),
+            itl_p99=sample(self.itl_hist.quantile(0.99)),
+            arrival_rate=rate(self.arrived - arrived0),
+            prompt_tokens_rate=rate(self.prompt_arrived - prompt0),
+            output_tokens_rate=rate(self.tokens_done - tokens0),
+            replicas_reporting=sample(float(len(engines))),
+        )
+
+    def apply(self, decision: Decision, now: float) -> None:
+        if self.k8s and decision.kubernetes_replicas is not None:
+            self.k8s.scale(decision.kubernetes_replicas, now)
+        if self.modal:
+            self.modal.configure(
+                decision.modal_min_containers, decision.modal_buffer_containers, now
+            )
+
+    def _record(self, now: float, decision: Decision) -> None:
+        tl = self.timeline
+        k8s = self.k8s.state(now) if self.k8s else None
+        modal = self.modal.state(now) if self.modal else None
+        tl.time.append(now)
+        tl.arrivals.append(self.arrived)
+        tl.k8s_ready.append(k8s.ready if k8s else 0)
+        tl.k8s_desired.append(k8s.desired if k8s else 0)
+        tl.modal_ready.append(modal.ready if modal else 0)
+        tl.modal_desired.append(modal.desired if modal else 0)
+        p99 = self.ttft_hist.quantile(0.99)
+        tl.ttft_p99.append(math.nan if p99 is None else p99)
+        tl.cost_k8s.append(self.k8s.cost(now) if self.k8s else 0.0)
+        tl.cost_modal.append(self.modal.cost(now) if self.modal else 0.0)
+        tl.reasons.append(decision.reason.summary)
+
+    # ---- the end -------------------------------------------------------------------------
+    def _fail_leftovers(self) -> None:
+        for req in range(len(self.arrival)):
+            if math.isnan(self.finished_at[req]):
+                self.fail(req, self.now, "not served before the end of the simulation")
+
+    def _result(self, wall_s: float) -> SimResult:
+        from .summary import summarise
+
+        return summarise(self, wall_s)
+
+
+class Router:
+    """Least-loaded ready Kubernetes replica first; spill to Modal when Kubernetes is full.
+
+    With no Modal pool, a full Kubernetes pool still takes the request (it queues in vLLM);
+    with no ready capacity at all, requests wait here until some appears or they time out.
+    """
+
+    def __init__(self, sim: Simulation, spill_threshold: int):
+        self.sim = sim
+        self.spill_threshold = spill_threshold
+        self.pending: deque[int] = deque()
+
+    def idle(self) -> bool:
+        return not self.pending and not (self.sim.modal and self.sim.modal.backlog)
+
+    def route(self, req: int, now: float) -> None:
+        sim = self.sim
+        best = None
+        if sim.k8s is not None:
+            ready = [s for s in sim.k8s.servers if s.ready and not s.draining]
+            if ready:
+                best = min(ready, key=lambda s: s.engine.load)
+        if best is not None and (best.engine.load < self.spill_threshold or sim.modal is None):
+            best.engine.enqueue(req, now)
+        elif sim.modal is not None:
+            sim.modal.submit(req, now)
+        else:
+            self.pending.append(req)
+
+    def capacity_added(self, now: float) -> None:
+        pending, self.pending = self.pending, deque()
+        for req in pending:
+            if not self.sim.timed_out(req, now):
+                self.route(req, now)
