@@ -71,7 +71,7 @@ class ModalActuator:
 
     async def current(self) -> PoolState:
         async with self._talking_to_modal("read the warm pool"):
-            settings, stats = await self._read()
+            settings, stats = await self._read(await self._lookup())
         return self._pool_state(settings, stats)
 
     async def apply(self, decision: Decision) -> ActuationResult:
@@ -79,20 +79,21 @@ class ModalActuator:
         if not wanted:
             return ActuationResult(self.pool, False, None, None, "decision leaves Modal as it is")
         async with self._talking_to_modal("update the warm pool"):
-            settings, stats = await self._read()
+            function = await self._lookup()
+            settings, stats = await self._read(function)
             before = self._pool_state(settings, stats)
             changes = {k: v for k, v in wanted.items() if getattr(settings, k) != v}
-            if not changes:
-                return ActuationResult(self.pool, False, before, before, "settings already match")
-            if self._dry_run:
-                self._log.info("modal.dry_run", would_set=changes, reason=decision.reason.summary)
-                return ActuationResult(self.pool, False, before, before, f"dry run: would set {changes}")
-            function = await self._lookup()
-            settings = await function.autoscaler.update.aio(**changes)
+            if changes and not self._dry_run:
+                settings = await function.autoscaler.update.aio(**changes)
+        if not changes:
+            return ActuationResult(self.pool, False, before, before, "settings already match")
+        if self._dry_run:
+            self._log.info("modal.dry_run", would_set=changes, reason=decision.reason.summary)
+            message = f"dry run: would set {changes}"
+            return ActuationResult(self.pool, False, before, before, message)
         self._log.info("modal.updated", changes=changes, reason=decision.reason.summary)
-        return ActuationResult(
-            self.pool, True, before, self._pool_state(settings, stats), f"set {changes}"
-        )
+        after = self._pool_state(settings, stats)
+        return ActuationResult(self.pool, True, before, after, f"set {changes}")
 
     async def aclose(self) -> None:
         """Close the client this actuator opened (a client passed in stays open)."""
@@ -122,8 +123,9 @@ class ModalActuator:
             "scaledown_window": round(self._config.scaledown_window_seconds),
         }
 
-    async def _read(self) -> tuple[FunctionAutoscalerSettings, FunctionCurrentStats]:
-        function = await self._lookup()
+    async def _read(
+        self, function: modal.Function
+    ) -> tuple[FunctionAutoscalerSettings, FunctionCurrentStats]:
         return await asyncio.gather(
             function.autoscaler.settings.aio(), function.get_current_stats.aio()
         )

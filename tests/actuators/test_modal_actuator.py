@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
+import modal
 import pytest
 import structlog
 from grpclib import Status
@@ -143,6 +144,20 @@ async def test_current_reads_containers_backlog_and_warm_pool(plane, actuator):
 
     assert (state.ready, state.starting, state.desired, state.backlog) == (3, 0, 3, 7)
     assert isinstance(state, PoolState)
+
+
+async def test_a_shared_client_is_used_and_left_open(plane):
+    client = await modal.Client.from_credentials.aio(*plane.token)
+    try:
+        for function in ("serve", "embed"):
+            plane.deploy(APP, function)
+            actuator = ModalActuator(POOL.model_copy(update={"function": function}), client=client)
+            await actuator.apply(decide(1, 0))
+            await actuator.aclose()
+        assert not client.is_closed()
+    finally:
+        await client.close.aio()
+    assert plane.function(APP, "embed").settings.min_containers == 1
 
 
 async def test_warm_pool_is_capped_by_max_containers(plane, actuator):

@@ -163,7 +163,9 @@ class ModalControlPlane(ModalClientBase):
         with self._lock:
             self._faults.append(Fault(status, times, rpc=rpc))
 
-    def slow_down(self, seconds: float, *, times: int | None = None, rpc: str | None = None) -> None:
+    def slow_down(
+        self, seconds: float, *, times: int | None = None, rpc: str | None = None
+    ) -> None:
         """Delay the answer to the next `times` requests (None: all) by `seconds`."""
         with self._lock:
             self._faults.append(Fault(None, times, delay=seconds, rpc=rpc))
@@ -236,7 +238,9 @@ class ModalControlPlane(ModalClientBase):
         function.overrides.MergeFrom(request.settings)
         return api_pb2.FunctionUpdateSchedulingParamsResponse(current_settings=function.settings)
 
-    def _current_stats(self, request: api_pb2.FunctionGetCurrentStatsRequest) -> api_pb2.FunctionStats:
+    def _current_stats(
+        self, request: api_pb2.FunctionGetCurrentStatsRequest
+    ) -> api_pb2.FunctionStats:
         return self._by_id(request.function_id).stats
 
     def _by_id(self, function_id: str) -> DeployedFunction:
