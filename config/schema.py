@@ -222,9 +222,9 @@ class Simulation(Section):
     seed: int = 0
     # A request not started within this long is failed (client timeout).
     request_timeout_seconds: PositiveFloat = 600
-    # Spill to Modal once every ready Kubernetes replica holds this many requests
-    # (default: the profile's max_num_seqs).
-    spill_threshold: Annotated[int, Field(ge=1)] | None = None
+    # Spill to Modal once the least-loaded ready Kubernetes replica has this many requests
+    # waiting (not admitted by vLLM: max_num_seqs or the KV cache is full).
+    spill_waiting: Annotated[int, Field(ge=1)] = 1
     # Histogram quantiles are computed over this window, as PromQL's rate(...[window]).
     metrics_window_seconds: PositiveFloat = 60
     # Modal scales up when backlog per container exceeds this many inputs.

@@ -116,8 +116,7 @@ class Simulation:
         target_inputs = config.simulation.modal_target_inputs or profile.max_num_seqs
         self.modal = SimModalPool(self, modal, target_inputs) if modal else None
         self.pools: list[Pool] = [p for p in (self.k8s, self.modal) if p is not None]
-        spill = config.simulation.spill_threshold or profile.max_num_seqs
-        self.router = Router(self, spill)
+        self.router = Router(self, config.simulation.spill_waiting)
         self.timeline = Timeline()
 
     # ---- the clock -----------------------------------------------------------------------
@@ -278,7 +277,8 @@ class Simulation:
 
 
 class Router:
-    """Least-loaded ready Kubernetes replica first; spill to Modal when Kubernetes is full.
+    """Least-loaded ready Kubernetes replica first; spill to Modal when Kubernetes is full,
+    i.e. when even the least-loaded replica already has requests it cannot admit (waiting).
 
     With no Modal pool, a full Kubernetes pool still takes the request (it queues in vLLM);
     with no ready capacity at all, requests wait here until some appears or they time out.
@@ -299,7 +299,7 @@ class Router:
             ready = [s for s in sim.k8s.servers if s.ready and not s.draining]
             if ready:
                 best = min(ready, key=lambda s: s.engine.load)
-        if best is not None and (best.engine.load < self.spill_threshold or sim.modal is None):
+        if best is not None and (best.engine.num_waiting < self.spill_threshold or sim.modal is None):
             best.engine.enqueue(req, now)
         elif sim.modal is not None:
             sim.modal.submit(req, now)

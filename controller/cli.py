@@ -1,0 +1,208 @@
+"""The `vllm-autoscaler` command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ..config.loader import ConfigError, load_config
+from ..config.schema import Config
+from ..controller.profile import ProfileError
+from .logs import configure_logging
+
+app = typer.Typer(
+    help="Cost-aware autoscaler for vLLM on Kubernetes and Modal, with a trace-replay simulator.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Optional[Path], typer.Option("--config", "-c", help="YAML config (default: the shipped one)")
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", help="Override a config value: a.b.c=value (repeatable)"),
+]
+TraceOpt = Annotated[Path, typer.Option("--trace", "-t", help="Trace CSV (normalised, Azure or BurstGPT)")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output directory")]
+TargetOpt = Annotated[Optional[str], typer.Option("--target", help="Target name (default: the first)")]
+StartOpt = Annotated[Optional[float], typer.Option(help="Slice: start (s into the trace)")]
+EndOpt = Annotated[Optional[float], typer.Option(help="Slice: end (s into the trace)")]
+RateOpt = Annotated[float, typer.Option(help="Scale the request rate (same duration)")]
+ClockOpt = Annotated[float, typer.Option(help="Scale time (0.5 = twice as fast)")]
+SkipOpt = Annotated[bool, typer.Option(help="Skip and count bad trace rows instead of failing")]
+
+
+def fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _config(path: Path | None, overrides: list[str] | None) -> Config:
+    try:
+        config = load_config(path, overrides)
+    except ConfigError as exc:
+        fail(str(exc))
+    configure_logging(config.log_level)
+    return config
+
+
+def _trace(path: Path, start, end, rate_scale, time_scale, skip_bad_rows, seed):
+    from ..simulations.traces import load_trace
+
+    try:
+        return load_trace(
+            path, start_s=start, end_s=end, rate_scale=rate_scale, time_scale=time_scale,
+            skip_bad_rows=skip_bad_rows, seed=seed,
+        )  # fmt: skip
+    except (ValueError, OSError) as exc:
+        fail(str(exc))
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+    )  # fmt: skip
+
+
+@app.command()
+def simulate(
+    trace: TraceOpt,
+    out: OutOpt = Path("out/simulate"),
+    policy: Annotated[str, typer.Option(help="Policy name, or name:key=value")] = "controller",
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    target: TargetOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    rate_scale: RateOpt = 1.0,
+    time_scale: ClockOpt = 1.0,
+    skip_bad_rows: SkipOpt = False,
+) -> None:
+    """Replay a trace through one policy; write summary.json, report.md and plots."""
+    from ..simulations.report import write_simulation_report
+    from ..simulations.run import pick_target
+    from ..simulations.run import simulate as run_simulation
+
+    cfg = _config(config, set_)
+    requests = _trace(trace, start, end, rate_scale, time_scale, skip_bad_rows, cfg.simulation.seed)
+    try:
+        chosen = pick_target(cfg, target)
+        with _progress() as bar:
+            task = bar.add_task(f"simulating {policy}", total=requests.duration_s or 1)
+            result = run_simulation(requests, cfg, policy, target, lambda t: bar.update(task, completed=t))
+    except (ConfigError, ProfileError, ValueError) as exc:
+        fail(str(exc))
+    write_simulation_report(result, requests, chosen, out)
+    s = result.summary
+    console.print(
+        f"{policy}: {s['requests']:,} requests, SLO attainment {s['slo_attainment']:.2%}, "
+        f"cost ${s['cost_total']:.2f}, {s['sim_wall_seconds']:.1f} s -> {out}/report.md"
+    )
+
+
+@app.command()
+def compare(
+    trace: TraceOpt,
+    policies: Annotated[str, typer.Option(help="Comma-separated policies (name or name:key=value)")],
+    out: OutOpt = Path("out/compare"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    target: TargetOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    rate_scale: RateOpt = 1.0,
+    time_scale: ClockOpt = 1.0,
+    skip_bad_rows: SkipOpt = False,
+    workers: Annotated[int, typer.Option(help="Parallel processes")] = os.cpu_count() or 1,
+) -> None:
+    """Run several policies on the same trace; write compare.json and a comparison plot."""
+    from ..simulations.report import write_comparison
+    from ..simulations.run import compare as run_compare
+    from ..simulations.run import pick_target
+
+    cfg = _config(config, set_)
+    requests = _trace(trace, start, end, rate_scale, time_scale, skip_bad_rows, cfg.simulation.seed)
+    specs = [p for p in policies.split(",") if p.strip()]
+    try:
+        chosen = pick_target(cfg, target)
+        with _progress() as bar:
+            task = bar.add_task("policies", total=len(specs))
+            results = run_compare(
+                requests, cfg, specs, target, workers=min(workers, len(specs)),
+                on_done=lambda r: bar.advance(task),
+            )  # fmt: skip
+    except (ConfigError, ProfileError, ValueError) as exc:
+        fail(str(exc))
+    write_comparison(results, chosen, out)
+    table = Table(title=f"{requests.name}: {len(requests):,} requests")
+    for column in ("policy", "SLO attainment", "TTFT p99 (s)", "cost ($)", "K8s GPU-h", "Modal GPU-h", "failed"):
+        table.add_column(column, justify="right")
+    for name, result in results.items():
+        s = result.summary
+        table.add_row(
+            name, f"{s['slo_attainment']:.2%}", f"{s['ttft_p99'] or 0:.2f}", f"{s['cost_total']:.2f}",
+            f"{s['gpu_hours_k8s']:.1f}", f"{s['gpu_hours_modal']:.1f}", str(s["failed"]),
+        )  # fmt: skip
+    Console().print(table)
+    console.print(f"-> {out}/compare.json, {out}/compare.png")
+
+
+@app.command()
+def generate(
+    kind: Annotated[str, typer.Argument(help="poisson, diurnal, step or bursty")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")],
+    param: Annotated[
+        Optional[list[str]], typer.Option("--param", "-p", help="Generator parameter key=value")
+    ] = None,
+    seed: int = 0,
+) -> None:
+    """Write a synthetic trace (seeded) as a normalised CSV."""
+    import yaml
+
+    from ..simulations.generators import GENERATORS
+    from ..simulations.traces import save_trace
+
+    if kind not in GENERATORS:
+        fail(f"unknown generator {kind!r}; choose from {', '.join(GENERATORS)}")
+    kwargs = {}
+    for item in param or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--param {item!r}: expected key=value")
+        kwargs[key] = yaml.safe_load(value)
+    try:
+        trace = GENERATORS[kind](seed=seed, **kwargs)
+    except (TypeError, ValueError) as exc:
+        fail(f"{kind}: {exc}")
+    save_trace(trace, out)
+    console.print(f"{len(trace):,} requests over {trace.duration_s / 3600:.2f} h -> {out}")
+
+
+@app.command("check-config")
+def check_config(
+    path: Annotated[Path, typer.Argument(help="YAML config to validate")],
+    set_: SetOpt = None,
+) -> None:
+    """Validate a config file (and its replica profiles); exit 2 with the reason if invalid."""
+    from .profile import load_profile
+
+    cfg = _config(path, set_)
+    try:
+        for target in cfg.targets:
+            load_profile(target.profile)
+    except ProfileError as exc:
+        fail(str(exc))
+    console.print(f"{path}: ok ({len(cfg.targets)} target(s))")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,86 @@
+"""Arrival-rate forecast with an upper band, over each pool's lead time.
+
+Holt's linear smoothing (level + trend) of the measured rate, a seasonal-naive term once a
+full season (a day) of history exists, and an EWMA of absolute one-step errors for the band.
+A burst seen in the latest tick is never averaged away: the band's top is at least the
+latest measurement.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    point: float  # expected rate (requests/s) at the horizon
+    upper: float  # upper band: point + z * error scale, never below the latest measurement
+    latest: float
+
+
+class RateForecaster:
+    def __init__(
+        self,
+        tick_s: float,
+        level_alpha: float,
+        trend_beta: float,
+        error_alpha: float,
+        band_z: float,
+        season_s: float = 86400.0,
+        history_s: float = 86400.0 + 3600.0,
+    ):
+        self.tick_s = tick_s
+        self.alpha, self.beta, self.error_alpha, self.z = level_alpha, trend_beta, error_alpha, band_z
+        self.level: float | None = None
+        self.trend = 0.0  # requests/s per second
+        self.error = 0.0  # EWMA of |one-step error|
+        self.latest = 0.0
+        self.season_s = season_s
+        self.history_s = history_s
+        self.times: list[float] = []  # measurement history, oldest first
+        self.rates: list[float] = []
+
+    def update(self, rate: float, now: float) -> None:
+        if self.level is None:
+            self.level = rate
+        else:
+            predicted = self.level + self.trend * self.tick_s
+            self.error += self.error_alpha * (abs(rate - predicted) - self.error)
+            level = self.alpha * rate + (1 - self.alpha) * predicted
+            step_trend = (level - self.level) / self.tick_s
+            self.trend += self.beta * (step_trend - self.trend)
+            self.level = level
+        self.latest = rate
+        self.times.append(now)
+        self.rates.append(rate)
+        expired = bisect_left(self.times, now - self.history_s)
+        if expired > len(self.times) // 2:  # trim in bulk: amortised O(1) per update
+            del self.times[:expired], self.rates[:expired]
+
+    def _seasonal(self, at: float) -> float | None:
+        """The rate one season before `at`, if the history reaches back that far."""
+        then = at - self.season_s
+        if not self.times or self.times[0] > then:
+            return None
+        return self.rates[min(bisect_left(self.times, then), len(self.times) - 1)]
+
+    def forecast(self, now: float, horizon_s: float) -> Forecast:
+        if self.level is None:
+            return Forecast(0.0, 0.0, 0.0)
+        point = max(self.level + self.trend * horizon_s, 0.0)
+        seasonal = self._seasonal(now + horizon_s)
+        if seasonal is not None:
+            point = max(point, seasonal)
+        # Errors of a random walk grow like the square root of the steps ahead.
+        steps = max(horizon_s / self.tick_s, 1.0)
+        upper = max(point + self.z * self.error * math.sqrt(steps), self.latest)
+        return Forecast(point, upper, self.latest)
+
+    def recent_quantile(self, now: float, window_s: float, q: float) -> float:
+        """The q-quantile of the rates measured over the last `window_s` (the base load)."""
+        values = sorted(self.rates[bisect_left(self.times, now - window_s):])
+        if not values:
+            return 0.0
+        return values[min(int(q * len(values)), len(values) - 1)]
