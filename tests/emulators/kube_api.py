@@ -1,0 +1,919 @@
+"""A local emulator of the parts of the Kubernetes API the autoscaler uses.
+
+No kube-apiserver can run on the test machines, so this aiohttp server plays one, faithfully
+in what the `kubernetes` Python client and `kubectl` rely on:
+
+- discovery (legacy and aggregated v2), `/version`, an empty OpenAPI v3 index;
+- apps/v1 Deployments with their `scale` and `status` subresources, autoscaling/v2
+  HorizontalPodAutoscalers, coordination.k8s.io/v1 Leases, core/v1 Events;
+- get/list/create/update/patch/delete with Status errors as the real server words them:
+  404 NotFound, 409 Conflict on a stale `resourceVersion` (one monotonic counter, as etcd's
+  revision) and AlreadyExists, 422 Invalid, 400 BadRequest, 401 without the bearer token;
+- JSON merge, strategic merge and JSON patches; `dryRun=All`; label and field selectors;
+- Table answers for `kubectl get` (`Accept: ...;as=Table`);
+- a deployment controller: status follows spec.replicas, pods turn ready after
+  `ready_delay` seconds;
+- injectable faults (status, Retry-After and other headers, delays for timeouts) and a record
+  of every request, for tests to assert on.
+
+Simplifications: every namespace exists; strategic merge merges lists of objects by `name`
+and replaces other lists (no `$patch` directives); no watch, no server-side apply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import re
+import ssl
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import yaml
+from aiohttp import web
+
+Obj = dict[str, Any]
+SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-emulator",
+                  "platform": "linux/amd64"}
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+# ---------------------------------------------------------------------------------- errors
+
+REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound",
+           405: "MethodNotAllowed", 409: "Conflict", 415: "UnsupportedMediaType",
+           422: "Invalid", 429: "TooManyRequests", 500: "InternalError",
+           503: "ServiceUnavailable", 504: "Timeout"}
+
+
+class ApiError(Exception):
+    """An answer other than success, sent as a metav1.Status object."""
+
+    def __init__(self, code: int, message: str, *, reason: str | None = None,
+                 details: Obj | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.code, self.message = code, message
+        self.reason = reason or REASONS.get(code, "Unknown")
+        self.details, self.headers = details, headers or {}
+
+    def status(self) -> Obj:
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                  "message": self.message, "reason": self.reason, "code": self.code}
+        if self.details:
+            status["details"] = self.details
+        return status
+
+
+# ----------------------------------------------------------------------- resource types
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def dig(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj.get(part) if isinstance(obj, dict) else None
+    return obj
+
+
+def age(obj: Obj) -> str:
+    created = datetime.strptime(obj["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    seconds = int((datetime.now(UTC).replace(tzinfo=None) - created).total_seconds())
+    for unit, size, limit in (("s", 1, 120), ("m", 60, 3 * 3600), ("h", 3600, 48 * 3600)):
+        if seconds < limit:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 86400}d"
+
+
+Cause = tuple[str, str, Any]  # (field, message, value)
+
+
+def replicas_causes(value: Any, field_path: str, minimum: int = 0) -> list[Cause]:
+    if value is None:
+        return []
+    if not isinstance(value, int) or isinstance(value, bool):
+        return [(field_path, "must be an integer", value)]
+    if value < minimum:
+        return [(field_path, f"must be greater than or equal to {minimum}", value)]
+    return []
+
+
+def validate_deployment(obj: Obj) -> list[Cause]:
+    spec = obj.get("spec") or {}
+    causes = replicas_causes(spec.get("replicas"), "spec.replicas")
+    match = dig(spec, "selector.matchLabels")
+    if not match and not dig(spec, "selector.matchExpressions"):
+        causes.append(("spec.selector", "Required value", None))
+    labels = dig(spec, "template.metadata.labels") or {}
+    if match and any(labels.get(k) != v for k, v in match.items()):
+        causes.append(("spec.template.metadata.labels",
+                       "`selector` does not match template `labels`", labels))
+    containers = dig(spec, "template.spec.containers") or []
+    if not containers or any(not c.get("name") or not c.get("image") for c in containers):
+        causes.append(("spec.template.spec.containers",
+                       "Required value: every container needs a name and an image", None))
+    return causes
+
+
+def default_deployment(obj: Obj) -> None:
+    spec = obj.setdefault("spec", {})
+    spec.setdefault("replicas", 1)
+    spec.setdefault("revisionHistoryLimit", 10)
+    spec.setdefault("progressDeadlineSeconds", 600)
+    spec.setdefault("strategy", {"type": "RollingUpdate",
+                                 "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}})
+
+
+def validate_hpa(obj: Obj) -> list[Cause]:
+    spec = obj.get("spec") or {}
+    causes = [(f"spec.scaleTargetRef.{key}", "Required value", None)
+              for key in ("kind", "name") if not dig(spec, f"scaleTargetRef.{key}")]
+    causes += replicas_causes(spec.get("minReplicas"), "spec.minReplicas", minimum=1)
+    if spec.get("maxReplicas") is None:
+        causes.append(("spec.maxReplicas", "Required value", None))
+    causes += replicas_causes(spec.get("maxReplicas"), "spec.maxReplicas", minimum=1)
+    return causes
+
+
+def validate_lease(obj: Obj) -> list[Cause]:
+    return replicas_causes(dig(obj, "spec.leaseDurationSeconds"),
+                           "spec.leaseDurationSeconds", minimum=1)
+
+
+def validate_event(obj: Obj) -> list[Cause]:
+    involved = obj.get("involvedObject") or {}
+    if involved.get("namespace", obj["metadata"]["namespace"]) != obj["metadata"]["namespace"]:
+        return [("involvedObject.namespace", "does not match event.namespace",
+                 involved.get("namespace"))]
+    return []
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    cell: Callable[[Obj], Any]
+    type: str = "string"
+
+
+NAME = Column("Name", lambda o: o["metadata"]["name"])
+AGE = Column("Age", age)
+
+
+def count(path: str) -> Callable[[Obj], int]:
+    return lambda o: dig(o, path) or 0
+
+
+DEPLOYMENT_COLUMNS = (
+    NAME,
+    Column("Ready", lambda o: f"{dig(o, 'status.readyReplicas') or 0}/{dig(o, 'spec.replicas')}"),
+    Column("Up-to-date", count("status.updatedReplicas"), "integer"),
+    Column("Available", count("status.availableReplicas"), "integer"),
+    AGE,
+)
+
+
+class Subresource:
+    """A view of part of an object served at `.../{name}/{subresource}`."""
+
+    name: str
+    kind: tuple[str, str, str] | None = None  # (group, version, kind) when not the parent's
+
+    def read(self, obj: Obj) -> Obj:
+        raise NotImplementedError
+
+    def write(self, obj: Obj, view: Obj) -> Obj:
+        """The object once `view` (a read, changed by a client) is stored."""
+        raise NotImplementedError
+
+
+class ScaleView(Subresource):
+    name, kind = "scale", ("autoscaling", "v1", "Scale")
+
+    def read(self, obj: Obj) -> Obj:
+        meta = obj["metadata"]
+        selector = ",".join(f"{k}={v}" for k, v in
+                            sorted((dig(obj, "spec.selector.matchLabels") or {}).items()))
+        return {"kind": "Scale", "apiVersion": "autoscaling/v1",
+                "metadata": {k: meta[k] for k in
+                             ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")},
+                "spec": {"replicas": dig(obj, "spec.replicas")},
+                "status": {"replicas": dig(obj, "status.replicas") or 0, "selector": selector}}
+
+    def write(self, obj: Obj, view: Obj) -> Obj:
+        causes = replicas_causes(dig(view, "spec.replicas"), "spec.replicas")
+        if causes:
+            raise invalid("Scale", "autoscaling", obj["metadata"]["name"], causes)
+        obj["spec"]["replicas"] = dig(view, "spec.replicas") or 0
+        return obj
+
+
+class StatusView(Subresource):
+    name = "status"
+
+    def read(self, obj: Obj) -> Obj:
+        return obj
+
+    def write(self, obj: Obj, view: Obj) -> Obj:
+        obj["status"] = view.get("status") or {}
+        return obj
+
+
+@dataclass(frozen=True)
+class ResourceType:
+    group: str  # "" for the core group
+    version: str
+    resource: str  # plural, as in URLs
+    kind: str
+    short_names: tuple[str, ...] = ()
+    validate: Callable[[Obj], list[Cause]] = lambda obj: []
+    default: Callable[[Obj], None] = lambda obj: None
+    columns: tuple[Column, ...] = (NAME, AGE)
+    subresources: tuple[Subresource, ...] = ()
+    # Spec changes bump metadata.generation; writes to the object itself keep its status.
+    has_status: bool = False
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def prefix(self) -> str:
+        return f"/apis/{self.api_version}" if self.group else f"/api/{self.version}"
+
+    @property
+    def group_resource(self) -> str:
+        return f"{self.resource}.{self.group}" if self.group else self.resource
+
+    def subresource(self, name: str) -> Subresource:
+        for sub in self.subresources:
+            if sub.name == name:
+                return sub
+        raise ApiError(404, f"the server could not find the requested resource "
+                            f"({self.resource}/{name})")
+
+
+RESOURCE_TYPES = (
+    ResourceType("apps", "v1", "deployments", "Deployment", ("deploy",), validate_deployment,
+                 default_deployment, DEPLOYMENT_COLUMNS, (ScaleView(), StatusView()), True),
+    ResourceType("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler",
+                 ("hpa",), validate_hpa, subresources=(StatusView(),), has_status=True),
+    ResourceType("coordination.k8s.io", "v1", "leases", "Lease", validate=validate_lease),
+    ResourceType("", "v1", "events", "Event", ("ev",), validate_event),
+)
+BY_PATH = {(rt.prefix, rt.resource): rt for rt in RESOURCE_TYPES}
+DEPLOYMENTS = RESOURCE_TYPES[0]
+
+
+def find_type(resource: str) -> ResourceType:
+    """A resource type by plural, kind or short name (as tests name them)."""
+    for rt in RESOURCE_TYPES:
+        if resource.lower() in (rt.resource, rt.kind.lower(), *rt.short_names):
+            return rt
+    raise KeyError(resource)
+
+
+def not_found(rt: ResourceType, name: str) -> ApiError:
+    return ApiError(404, f'{rt.group_resource} "{name}" not found',
+                    details={"name": name, "group": rt.group, "kind": rt.resource})
+
+
+def conflict(rt: ResourceType, name: str) -> ApiError:
+    return ApiError(409, f'Operation cannot be fulfilled on {rt.group_resource} "{name}": the '
+                         "object has been modified; please apply your changes to the latest "
+                         "version and try again",
+                    details={"name": name, "group": rt.group, "kind": rt.resource})
+
+
+def invalid(kind: str, group: str, name: str, causes: list[Cause]) -> ApiError:
+    qualified = f"{kind}.{group}" if group else kind
+    lines = [f"{path}: Invalid value: {json.dumps(value)}: {msg}" if value is not None
+             else f"{path}: {msg}" for path, msg, value in causes]
+    return ApiError(422, f'{qualified} "{name}" is invalid: ' + ", ".join(lines),
+                    details={"name": name, "group": group, "kind": kind,
+                             "causes": [{"reason": "FieldValueInvalid", "field": path,
+                                         "message": msg} for path, msg, _ in causes]})
+
+
+# ---------------------------------------------------------------------------------- store
+
+Key = tuple[str, str, str]  # ("group/version/resource", namespace, name)
+
+
+class Store:
+    """Objects by key, each write stamped with the next resourceVersion (thread-safe)."""
+
+    def __init__(self, on_write: Callable[[ResourceType, Obj], None]):
+        self._objects: dict[Key, Obj] = {}
+        self._revision = 0
+        self._lock = threading.RLock()
+        self._on_write = on_write
+
+    @staticmethod
+    def key(rt: ResourceType, namespace: str, name: str) -> Key:
+        return (f"{rt.group}/{rt.version}/{rt.resource}", namespace, name)
+
+    @property
+    def revision(self) -> str:
+        return str(self._revision)
+
+    def get(self, rt: ResourceType, namespace: str, name: str) -> Obj:
+        with self._lock:
+            obj = self._objects.get(self.key(rt, namespace, name))
+            if obj is None:
+                raise not_found(rt, name)
+            return copy.deepcopy(obj)
+
+    def list(self, rt: ResourceType, namespace: str | None) -> list[Obj]:
+        prefix = self.key(rt, "", "")[0]
+        with self._lock:
+            return [copy.deepcopy(obj) for (res, ns, _), obj in sorted(self._objects.items())
+                    if res == prefix and namespace in (None, ns)]
+
+    def create(self, rt: ResourceType, namespace: str, obj: Obj, *, commit: bool = True) -> Obj:
+        meta = obj.setdefault("metadata", {})
+        if not meta.get("name") and meta.get("generateName"):
+            meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+        name = meta.get("name") or ""
+        if not DNS_SUBDOMAIN.match(name):
+            raise invalid(rt.kind, rt.group, name, [("metadata.name", "Required value: a "
+                          "lowercase RFC 1123 subdomain", name or None)])
+        if meta.get("namespace", namespace) != namespace:
+            raise ApiError(400, "the namespace of the provided object does not match the "
+                                "namespace sent on the request")
+        obj.update(apiVersion=rt.api_version, kind=rt.kind)
+        meta.update(namespace=namespace, uid=str(uuid.uuid4()), creationTimestamp=now_rfc3339())
+        meta.pop("resourceVersion", None)
+        if rt.has_status:
+            meta["generation"] = 1
+        rt.default(obj)
+        with self._lock:
+            if self.key(rt, namespace, name) in self._objects:
+                raise ApiError(409, f'{rt.group_resource} "{name}" already exists',
+                               reason="AlreadyExists",
+                               details={"name": name, "group": rt.group, "kind": rt.resource})
+            return self._commit(rt, obj, commit)
+
+    def update(self, rt: ResourceType, namespace: str, name: str,
+               change: Callable[[Obj], Obj], *, commit: bool = True) -> Obj:
+        """Store `change(current)`, unless it names a resourceVersion other than current."""
+        with self._lock:
+            current = self.get(rt, namespace, name)
+            new = change(copy.deepcopy(current))
+            meta = new.setdefault("metadata", {})
+            if meta.get("resourceVersion") not in (None, "", current["metadata"]["resourceVersion"]):
+                raise conflict(rt, name)
+            if (meta.get("name"), meta.get("namespace", namespace)) != (name, namespace):
+                raise ApiError(400, f"the name of the object ({meta.get('name')}) does not match "
+                                    f"the name on the URL ({name})")
+            for kept in ("uid", "creationTimestamp", "generation"):
+                if kept in current["metadata"]:
+                    meta[kept] = current["metadata"][kept]
+            new.update(apiVersion=rt.api_version, kind=rt.kind)
+            if rt.has_status and new.get("spec") != current.get("spec"):
+                meta["generation"] = current["metadata"]["generation"] + 1
+            return self._commit(rt, new, commit)
+
+    def delete(self, rt: ResourceType, namespace: str, name: str, *, commit: bool = True) -> Obj:
+        with self._lock:
+            obj = self.get(rt, namespace, name)
+            if commit:
+                del self._objects[self.key(rt, namespace, name)]
+            return obj
+
+    def _commit(self, rt: ResourceType, obj: Obj, commit: bool) -> Obj:
+        causes = rt.validate(obj)
+        if causes:
+            raise invalid(rt.kind, rt.group, obj["metadata"]["name"], causes)
+        if commit:
+            self._on_write(rt, obj)
+            self._revision += 1
+            obj["metadata"]["resourceVersion"] = self.revision
+            self._objects[self.key(rt, obj["metadata"]["namespace"],
+                                   obj["metadata"]["name"])] = copy.deepcopy(obj)
+        return obj
+
+
+# ---------------------------------------------------------------------------------- patches
+
+def merge_patch(target: Any, patch: Any, *, merge_lists_by_name: bool = False) -> Any:
+    """RFC 7386; with `merge_lists_by_name`, the strategic-merge treatment of object lists."""
+    if merge_lists_by_name and _named_list(target) and _named_list(patch):
+        merged = {item["name"]: item for item in target}
+        for item in patch:
+            merged[item["name"]] = merge_patch(merged.get(item["name"]), item,
+                                               merge_lists_by_name=True)
+        return list(merged.values())
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value,
+                                      merge_lists_by_name=merge_lists_by_name)
+    return result
+
+
+def _named_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(i, dict) and "name" in i for i in value)
+
+
+PATCHERS: dict[str, Callable[[Obj, Any], Obj]] = {
+    "application/merge-patch+json": merge_patch,
+    "application/strategic-merge-patch+json":
+        lambda obj, patch: merge_patch(obj, patch, merge_lists_by_name=True),
+    "application/json-patch+json": lambda obj, patch: jsonpatch.apply_patch(obj, patch),
+}
+
+
+def apply_patch(content_type: str, obj: Obj, patch: Any) -> Obj:
+    patcher = PATCHERS.get(content_type.split(";")[0].strip())
+    if patcher is None:
+        raise ApiError(415, f"the body of the request was in an unknown format - accepted media "
+                            f"types include: {', '.join(PATCHERS)}")
+    try:
+        patched = patcher(obj, patch)
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError) as err:
+        patched = err
+    if not isinstance(patched, dict):
+        raise ApiError(422, f"the server rejected our request due to an error in our request: "
+                            f"{patched}")
+    return patched
+
+
+# ----------------------------------------------------------------------------- selectors
+
+def selector_matches(selector: str, lookup: Callable[[str], Any]) -> bool:
+    """Equality-based label/field selector: `a=b`, `a==b`, `a!=b`, `a`, `!a`, comma-joined."""
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            ok = str(lookup(key.strip()) or "") != value.strip()
+        elif "=" in term:
+            key, value = re.split("==?", term, maxsplit=1)
+            ok = str(lookup(key.strip()) or "") == value.strip()
+        elif term.startswith("!"):
+            ok = lookup(term[1:]) is None
+        else:
+            ok = lookup(term) is not None
+        if not ok:
+            return False
+    return True
+
+
+def selected(obj: Obj, query: dict[str, str]) -> bool:
+    labels = obj["metadata"].get("labels") or {}
+    return (selector_matches(query.get("labelSelector", ""), labels.get)
+            and selector_matches(query.get("fieldSelector", ""), lambda path: dig(obj, path)))
+
+
+# ------------------------------------------------------------------------ faults and records
+
+@dataclass
+class Fault:
+    """Answer matching requests with `status` (after `delay` s) instead of serving them.
+
+    `status=None` only delays (a delay past the client's timeout is a timeout).
+    `times=None` matches forever. `path` is a regex searched in the URL path.
+    """
+
+    status: int | None = None
+    method: str | None = None
+    path: str = ""
+    times: int | None = 1
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    message: str | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.times is None or self.times > 0) and self.method in (None, method) \
+            and re.search(self.path, path) is not None
+
+
+@dataclass(frozen=True)
+class Recorded:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: Any
+    status: int
+    at: float  # time.monotonic() when the request arrived
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """What a request is about, as kube-apiserver's RequestInfo (None for other paths)."""
+
+    verb: str
+    rt: ResourceType
+    namespace: str | None
+    name: str | None
+    subresource: str | None
+
+    def forbidden(self, user: str) -> ApiError:
+        resource = self.rt.resource + (f"/{self.subresource}" if self.subresource else "")
+        where = f' in the namespace "{self.namespace}"' if self.namespace else " at the cluster scope"
+        subject = f'{self.rt.group_resource} "{self.name}"' if self.name else self.rt.group_resource
+        return ApiError(403, f'{subject} is forbidden: User "{user}" cannot {self.verb} resource '
+                             f'"{resource}" in API group "{self.rt.group}"{where}',
+                        details={"name": self.name or "", "group": self.rt.group,
+                                 "kind": self.rt.resource})
+
+
+VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+RESOURCE_PATH = re.compile(
+    r"^(?P<prefix>/api/v1|/apis/[^/]+/[^/]+)(?:/namespaces/(?P<namespace>[^/]+))?"
+    r"/(?P<resource>[^/]+)(?:/(?P<name>[^/]+)(?:/(?P<subresource>[^/]+))?)?$")
+
+
+def request_info(method: str, path: str, query: dict[str, str]) -> RequestInfo | None:
+    match = RESOURCE_PATH.match(path)
+    if not match or (match["prefix"], match["resource"]) not in BY_PATH:
+        return None
+    if method == "GET":
+        verb = "watch" if query.get("watch") in ("1", "true") else "get" if match["name"] else "list"
+    else:
+        verb = VERBS.get(method, method.lower())
+    return RequestInfo(verb, BY_PATH[match["prefix"], match["resource"]], match["namespace"],
+                       match["name"], match["subresource"])
+
+
+# ------------------------------------------------------------------------------ discovery
+
+def api_resources(rt: ResourceType) -> list[Obj]:
+    """Legacy discovery entries (APIResource) of a type and its subresources."""
+    main = {"name": rt.resource, "singularName": rt.kind.lower(), "namespaced": True,
+            "kind": rt.kind, "shortNames": list(rt.short_names),
+            "verbs": ["create", "delete", "get", "list", "patch", "update"]}
+    subs = [{"name": f"{rt.resource}/{sub.name}", "singularName": "", "namespaced": True,
+             "kind": sub.kind[2] if sub.kind else rt.kind, "verbs": ["get", "patch", "update"],
+             **({"group": sub.kind[0], "version": sub.kind[1]} if sub.kind else {})}
+            for sub in rt.subresources]
+    return [main, *subs]
+
+
+def aggregated_resource(rt: ResourceType) -> Obj:
+    """Aggregated discovery entry (APIResourceDiscovery, apidiscovery.k8s.io/v2)."""
+    def kind_of(group: str, version: str, kind: str) -> Obj:
+        return {"group": group, "version": version, "kind": kind}
+
+    return {"resource": rt.resource, "singularResource": rt.kind.lower(), "scope": "Namespaced",
+            "responseKind": kind_of(rt.group, rt.version, rt.kind),
+            "shortNames": list(rt.short_names),
+            "verbs": ["create", "delete", "get", "list", "patch", "update"],
+            "subresources": [{"subresource": sub.name, "verbs": ["get", "patch", "update"],
+                              "responseKind": kind_of(*(sub.kind or
+                                                        (rt.group, rt.version, rt.kind)))}
+                             for sub in rt.subresources]}
+
+
+def group_versions() -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for rt in RESOURCE_TYPES:
+        versions = groups.setdefault(rt.group, [])
+        if rt.version not in versions:
+            versions.append(rt.version)
+    return groups
+
+
+def aggregated_discovery(core: bool) -> Obj:
+    items = [{"metadata": {"name": group} if group else {},
+              "versions": [{"version": version, "freshness": "Current",
+                            "resources": [aggregated_resource(rt) for rt in RESOURCE_TYPES
+                                          if (rt.group, rt.version) == (group, version)]}
+                           for version in versions]}
+             for group, versions in group_versions().items() if (group == "") == core]
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {}, "items": items}
+
+
+AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
+
+
+# ------------------------------------------------------------------------------- the server
+
+def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (kubectl sends no token over plain HTTP)."""
+    cert, key = directory / "apiserver.crt", directory / "apiserver.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=kube-api-emulator",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True)
+    return cert, key
+
+
+class KubeApi:
+    """The emulator: object store, deployment controller, faults, request log, HTTP server."""
+
+    def __init__(self, *, token: str = "emulator-token", user: str = "system:serviceaccount:"
+                 "vllm-autoscaler:controller", ready_delay: float = 0.0):
+        self.token, self.user = token, user
+        self.ready_delay = ready_delay  # seconds until new pods are ready
+        self.store = Store(on_write=self._reconcile)
+        self.faults: list[Fault] = []
+        self.requests: list[Recorded] = []
+        self.base_url = ""
+        self.kubeconfig: Path | None = None
+        self._tls_dir = tempfile.TemporaryDirectory(prefix="kube-api-emulator-")
+        self.ca_cert, self._key = self_signed_certificate(Path(self._tls_dir.name))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._routes: list[tuple[re.Pattern[str], Callable[..., Obj]]] = [
+            (re.compile(p), h) for p, h in (
+                (r"^/version$", lambda req, m: SERVER_VERSION),
+                (r"^/api$", self._core_versions),
+                (r"^/apis$", self._groups),
+                (r"^/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))$",
+                 self._resource_list),
+                (r"^/openapi/v3$", lambda req, m: {"paths": {}}),
+            )]
+
+    # --- lifecycle
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._loop = asyncio.get_running_loop()
+        app = web.Application(client_max_size=16 * 1024**2)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # Handlers held by a delay fault are cut short at shutdown.
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(self.ca_cert, self._key)
+        await web.TCPSite(self._runner, host, port, ssl_context=tls).start()
+        self.base_url = f"https://{host}:{self._runner.addresses[0][1]}"
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self._tls_dir.cleanup()
+
+    def write_kubeconfig(self, path: Path, namespace: str = "default") -> Path:
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {
+                "server": self.base_url,
+                "certificate-authority-data": base64.b64encode(self.ca_cert.read_bytes()).decode(),
+            }}],
+            "users": [{"name": "controller", "user": {"token": self.token}}],
+            "contexts": [{"name": "emulator", "context": {
+                "cluster": "emulator", "user": "controller", "namespace": namespace}}],
+        }
+        path.write_text(yaml.safe_dump(config))
+        self.kubeconfig = path
+        return path
+
+    # --- test helpers (callable from any thread)
+
+    def inject(self, status: int | None = None, **kwargs: Any) -> Fault:
+        fault = Fault(status, **kwargs)
+        self.faults.append(fault)
+        return fault
+
+    def recorded(self, method: str | None = None, path: str = "") -> list[Recorded]:
+        return [r for r in list(self.requests)
+                if method in (None, r.method) and re.search(path, r.path)]
+
+    def create(self, resource: str, obj: Obj, namespace: str = "default") -> Obj:
+        return self.store.create(find_type(resource), namespace, copy.deepcopy(obj))
+
+    def get(self, resource: str, name: str, namespace: str = "default") -> Obj:
+        return self.store.get(find_type(resource), namespace, name)
+
+    def list(self, resource: str, namespace: str | None = None) -> list[Obj]:
+        return self.store.list(find_type(resource), namespace)
+
+    def add_deployment(self, name: str, replicas: int = 1, namespace: str = "default") -> Obj:
+        labels = {"app": name}
+        return self.create("deployments", {
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": labels},
+                     "template": {"metadata": {"labels": labels}, "spec": {"containers": [
+                         {"name": "vllm", "image": "vllm/vllm-openai:latest"}]}}},
+        }, namespace)
+
+    def add_hpa(self, name: str, deployment: str, namespace: str = "default") -> Obj:
+        return self.create("horizontalpodautoscalers", {
+            "metadata": {"name": name},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                        "name": deployment},
+                     "minReplicas": 1, "maxReplicas": 4},
+        }, namespace)
+
+    # --- the deployment controller
+
+    def _reconcile(self, rt: ResourceType, obj: Obj) -> None:
+        """Status of a Deployment being written: replicas follow spec, readiness comes later."""
+        if rt is not DEPLOYMENTS:
+            return
+        desired = obj["spec"]["replicas"]
+        status = obj.get("status") or {}
+        ready = min(status.get("readyReplicas", 0), desired)
+        if ready < desired and self.ready_delay <= 0:
+            ready = desired
+        elif ready < desired:
+            meta = obj["metadata"]
+            self._later(self.ready_delay, self._mark_ready, meta["namespace"], meta["name"])
+        obj["status"] = {k: v for k, v in {
+            "observedGeneration": obj["metadata"].get("generation"), "replicas": desired,
+            "updatedReplicas": desired, "readyReplicas": ready, "availableReplicas": ready,
+            "unavailableReplicas": desired - ready}.items() if v}  # zero fields are omitted
+
+    def _later(self, delay: float, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None, "the emulator is not started"
+        self._loop.call_soon_threadsafe(self._loop.call_later, delay, fn, *args)
+
+    def _mark_ready(self, namespace: str, name: str) -> None:
+        def ready(obj: Obj) -> Obj:
+            obj["status"]["readyReplicas"] = obj["spec"]["replicas"]  # _reconcile does the rest
+            return obj
+
+        try:
+            self.store.update(DEPLOYMENTS, namespace, name, ready)
+        except ApiError:  # deleted meanwhile
+            pass
+
+    # --- HTTP
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
+        body = await self._body(request)
+        query = dict(request.query)
+        try:
+            response = await self._serve(request, query, body)
+        except ApiError as err:
+            response = web.json_response(err.status(), status=err.code, headers=err.headers)
+        self.requests.append(Recorded(request.method, request.path, query, dict(request.headers),
+                                      body, response.status, arrived))
+        return response
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw.decode(errors="replace")
+
+    async def _serve(self, request: web.Request, query: dict[str, str], body: Any) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.token}":
+            raise ApiError(401, "Unauthorized")
+        info = request_info(request.method, request.path, query)
+        await self._apply_faults(request.method, request.path, info)
+        accept = request.headers.get("Accept", "")
+        if info is not None:
+            result = self._resource(info, request, query, body)
+            if "as=Table" in accept and info.verb in ("get", "list") and not info.subresource:
+                result = self._table(info.rt, result)
+            return web.json_response(result, status=201 if info.verb == "create" else 200)
+        for pattern, handler in self._routes:
+            if match := pattern.match(request.path):
+                if request.method != "GET":
+                    raise ApiError(405, f"{request.method} is not allowed on {request.path}")
+                result = handler(request, match)
+                if result.get("kind") in ("APIVersions", "APIGroupList") and \
+                        "as=APIGroupDiscoveryList" in accept:
+                    return web.json_response(aggregated_discovery(request.path == "/api"),
+                                             content_type=None,
+                                             headers={"Content-Type": AGGREGATED})
+                return web.json_response(result)
+        raise ApiError(404, "the server could not find the requested resource")
+
+    async def _apply_faults(self, method: str, path: str, info: RequestInfo | None) -> None:
+        fault = next((f for f in list(self.faults) if f.matches(method, path)), None)
+        if fault is None:
+            return
+        if fault.times is not None:
+            fault.times -= 1
+        await asyncio.sleep(fault.delay)
+        if fault.status is None:
+            return
+        if fault.status == 403 and info is not None:
+            error = info.forbidden(self.user)
+        elif fault.status == 409 and info is not None and info.name:
+            error = conflict(info.rt, info.name)
+        else:
+            error = ApiError(fault.status, fault.message or f"injected fault on {method} {path}")
+        error.headers = dict(fault.headers)
+        if fault.message:
+            error.message = fault.message
+        raise error
+
+    def _resource(self, info: RequestInfo, request: web.Request, query: dict[str, str],
+                  body: Any) -> Obj:
+        rt, ns, name = info.rt, info.namespace, info.name
+        commit = query.get("dryRun") != "All"
+        if info.verb == "watch":
+            raise ApiError(405, "watch is not supported by this emulator")
+        if info.verb == "list":
+            items = [o for o in self.store.list(rt, ns) if selected(o, query)]
+            for item in items:
+                del item["apiVersion"], item["kind"]
+            return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                    "metadata": {"resourceVersion": self.store.revision}, "items": items}
+        if ns is None:
+            raise ApiError(404, "the server could not find the requested resource")
+        if info.verb == "create" and name is None:
+            if not isinstance(body, dict):
+                raise ApiError(400, "the request body must be a JSON object")
+            return self.store.create(rt, ns, body, commit=commit)
+        if name is None:
+            raise ApiError(405, f"{request.method} is not allowed on a collection")
+        view = rt.subresource(info.subresource) if info.subresource else None
+        read = view.read if view else (lambda obj: obj)
+        if info.verb == "get":
+            return read(self.store.get(rt, ns, name))
+        if info.verb == "delete":
+            self.store.delete(rt, ns, name, commit=commit)
+            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                    "details": {"name": name, "group": rt.group, "kind": rt.resource}}
+        if info.verb not in ("update", "patch"):
+            raise ApiError(405, f"{request.method} is not allowed on {request.path}")
+        if not isinstance(body, (dict, list)):
+            raise ApiError(400, "the request body must be JSON")
+
+        def change(current: Obj) -> Obj:
+            incoming = body if info.verb == "update" else apply_patch(
+                request.headers.get("Content-Type", ""), read(copy.deepcopy(current)), body)
+            if view:
+                written = view.write(current, incoming)
+                written["metadata"]["resourceVersion"] = dig(incoming, "metadata.resourceVersion")
+                return written
+            if rt.has_status:  # status is only written through the status subresource
+                incoming = {**incoming, "status": current.get("status")}
+            return incoming
+
+        return read(self.store.update(rt, ns, name, change, commit=commit))
+
+    @staticmethod
+    def _table(rt: ResourceType, result: Obj) -> Obj:
+        objects = result["items"] if "items" in result else [result]
+        return {
+            "kind": "Table", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": result["metadata"].get("resourceVersion", "")},
+            "columnDefinitions": [{"name": c.name, "type": c.type, "format": "",
+                                   "description": c.name, "priority": 0} for c in rt.columns],
+            "rows": [{"cells": [c.cell(o) for c in rt.columns],
+                      "object": {"kind": "PartialObjectMetadata",
+                                 "apiVersion": "meta.k8s.io/v1", "metadata": o["metadata"]}}
+                     for o in objects],
+        }
+
+    # --- discovery
+
+    def _core_versions(self, request: web.Request, match: re.Match[str]) -> Obj:
+        return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
+            {"clientCIDR": "0.0.0.0/0", "serverAddress": request.host}]}
+
+    def _groups(self, request: web.Request, match: re.Match[str]) -> Obj:
+        def gv(group: str, version: str) -> Obj:
+            return {"groupVersion": f"{group}/{version}", "version": version}
+
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
+            {"name": group, "versions": [gv(group, v) for v in versions],
+             "preferredVersion": gv(group, versions[0])}
+            for group, versions in group_versions().items() if group]}
+
+    def _resource_list(self, request: web.Request, match: re.Match[str]) -> Obj:
+        group, version = (match["group"] or "", match["version"] or match["cv"])
+        types = [rt for rt in RESOURCE_TYPES if (rt.group, rt.version) == (group, version)]
+        if not types:
+            raise ApiError(404, "the server could not find the requested resource")
+        return {"kind": "APIResourceList", "apiVersion": "v1",
+                "groupVersion": types[0].api_version,
+                "resources": [entry for rt in types for entry in api_resources(rt)]}
+
+
+@contextmanager
+def running_kube_api(**kwargs: Any) -> Iterator[KubeApi]:
+    """A started emulator on 127.0.0.1 (random port), served by its own loop in a thread."""
+    api = KubeApi(**kwargs)
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="kube-api-emulator", daemon=True)
+    thread.start()
+    try:
+        asyncio.run_coroutine_threadsafe(api.start(), loop).result(timeout=10)
+        yield api
+    finally:
+        asyncio.run_coroutine_threadsafe(api.stop(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
