@@ -153,6 +153,8 @@ class Simulation:
                 self.prompt_arrived += self.prompt[i]
                 route(i, t_arrival)
                 i += 1
+        # Every policy is billed over the same span: at least the whole trace.
+        self.now = max(self.now, arrival[-1] if n else 0.0)
         self._fail_leftovers()
         return self._result(time.perf_counter() - started)
 
