@@ -699,6 +699,11 @@ class KubeApi:
     def list(self, resource: str, namespace: str | None = None) -> list[Obj]:
         return self.store.list(find_type(resource), namespace)
 
+    def patch(self, resource: str, name: str, patch: Obj, namespace: str = "default") -> Obj:
+        """A JSON merge patch, as another client would send (status included)."""
+        return self.store.update(find_type(resource), namespace, name,
+                                 lambda obj: merge_patch(obj, patch))
+
     def add_deployment(self, name: str, replicas: int = 1, namespace: str = "default") -> Obj:
         labels = {"app": name}
         return self.create("deployments", {
@@ -774,7 +779,8 @@ class KubeApi:
             return raw.decode(errors="replace")
 
     async def _serve(self, request: web.Request, query: dict[str, str], body: Any) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {self.token}":
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or token != self.token:  # schemes are case-insensitive
             raise ApiError(401, "Unauthorized")
         info = request_info(request.method, request.path, query)
         await self._apply_faults(request.method, request.path, info)
