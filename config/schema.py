@@ -39,7 +39,7 @@ class Startup(Section):
 
 
 class Slo(Section):
-    ttft_seconds: PositiveFloat = 2.0
+    ttft_seconds: PositiveFloat = 3.0
     itl_seconds: PositiveFloat = 0.15
     # Fraction of requests that must meet the TTFT SLO (and complete).
     attainment: Fraction = 0.99
@@ -135,7 +135,7 @@ class ControllerPolicy(Section):
     # Target utilisation of one replica's SLO-safe capacity.
     target_utilization: Fraction = 0.85
     # Feedback: measured signals above these targets add capacity.
-    ttft_feedback_fraction: Fraction = 0.8
+    ttft_feedback_fraction: Annotated[float, Field(gt=0, le=2)] = 1.0
     kv_usage_target: Fraction = 0.9
     waiting_per_replica_target: NonNegFloat = 2
     # Safety.
@@ -220,6 +220,10 @@ class Simulation(Section):
     """The simulated world: how requests are routed, measured and given up on."""
 
     seed: int = 0
+    # Replay the trace's first this-many seconds before t=0 (not counted in the results),
+    # starting with the primary pool sized for them, so that every policy is judged from a
+    # running state rather than a cold start. 0: start cold at t=0.
+    warmup_seconds: NonNegFloat = 600
     # A request not started within this long is failed (client timeout).
     request_timeout_seconds: PositiveFloat = 600
     # Spill to Modal once the least-loaded ready Kubernetes replica has this many requests

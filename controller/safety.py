@@ -28,6 +28,8 @@ class PoolGuard:
 
     def apply(self, recommended: int, current: int, now: float) -> int:
         recommended = min(max(recommended, self.minimum), self.maximum)
+        if not self.recent:  # no history yet: what runs now counts as recommended
+            self.recent.append((now, current))
         self.recent.append((now, recommended))
         while self.recent[0][0] < now - self.stabilization_s:
             self.recent.popleft()

@@ -61,12 +61,23 @@ class Pool:
         self.servers: list[Server] = []  # alive (starting, ready or draining)
         self.ended_seconds = 0.0  # billed seconds of servers already gone
         self.ended_busy = 0.0
+        # Billing and busy time accrued during the warm-up, not counted in the results.
+        self.uncounted_seconds = 0.0
+        self.uncounted_busy = 0.0
 
     def _start_server(self, now: float, startup: Startup) -> Server:
         server = Server(self, now, now + draw_startup(self.sim.rng, startup))
         self.servers.append(server)
         self.sim.schedule(server.ready_at, self._on_ready, server)
         return server
+
+    def warm_start(self, count: int, now: float) -> None:
+        """Begin with `count` servers already up, as a pool that was running before the trace."""
+        for _ in range(count):
+            server = Server(self, now, now)
+            server.ready = True
+            self.servers.append(server)
+            self.server_ready(server, now)
 
     def _on_ready(self, now: float, server: Server) -> None:
         if server.ended_at is None and not server.draining:
@@ -95,11 +106,21 @@ class Pool:
     def busy_seconds(self, now: float) -> float:
         return self.ended_busy + sum(s.engine.busy_seconds(now) for s in self.servers)
 
+    def start_counting(self, now: float) -> None:
+        self.uncounted_seconds = self.billed_seconds(now)
+        self.uncounted_busy = self.busy_seconds(now)
+
+    def counted_seconds(self, now: float) -> float:
+        return self.billed_seconds(now) - self.uncounted_seconds
+
+    def counted_busy(self, now: float) -> float:
+        return self.busy_seconds(now) - self.uncounted_busy
+
     def cost(self, now: float) -> float:
-        return self.billed_seconds(now) * self.price
+        return self.counted_seconds(now) * self.price
 
     def gpu_hours(self, now: float) -> float:
-        return self.billed_seconds(now) * self.gpus / 3600
+        return self.counted_seconds(now) * self.gpus / 3600
 
     def state(self, now: float) -> PoolState:
         ready = sum(1 for s in self.servers if s.ready and not s.draining)
@@ -136,6 +157,11 @@ class SimKubernetesPool(Pool):
             else:
                 server.draining = True
                 self.sim.schedule(now + self.config.drain_seconds, self._drain_deadline, server)
+
+    def warm_start(self, count: int, now: float) -> None:
+        count = min(max(count, self.config.min_replicas), self.config.max_replicas)
+        super().warm_start(count, now)
+        self.desired = count
 
     def _drain_deadline(self, now: float, server: Server) -> None:
         self._end(server, now)
@@ -214,6 +240,7 @@ class SimModalPool(Pool):
             self._assign(server, req, now)
 
     def server_ready(self, server: Server, now: float) -> None:
+        self.inputs.setdefault(server, 0)
         self._pull_backlog(server, now)
         if self.inputs[server] == 0:
             self._idle(server, now)

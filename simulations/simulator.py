@@ -22,6 +22,7 @@ from ..controller.histogram import ITL_BUCKETS, TTFT_BUCKETS, bucket_index, hist
 from ..controller.profile import ReplicaProfile
 from ..controller.types import Decision, Observation, Policy, Sample
 from .engine import Replica
+from .oracle import replicas_needed
 from .pools import Pool, Server, SimKubernetesPool, SimModalPool
 from .traces import Trace
 
@@ -92,10 +93,16 @@ class Simulation:
         self.policy = policy
         self.progress = progress
         self.rng = np.random.default_rng(config.simulation.seed)
-        self.arrival: list[float] = trace.arrival_s.tolist()
-        self.prompt: list[int] = trace.prompt_tokens.tolist()
-        self.output: list[int] = trace.output_tokens.tolist()
-        n = len(trace)
+        # Warm-up: the trace's first minutes are replayed before t=0 so that pools and policy
+        # state (forecasts, stabilisation windows) are in a running state when counting starts.
+        self.warmup_s = math.ceil(config.simulation.warmup_seconds / config.tick_seconds) * config.tick_seconds
+        head = trace.arrival_s < self.warmup_s
+        self.warmup_requests = int(head.sum()) if self.warmup_s > 0 else 0
+        warm = slice(0, self.warmup_requests)
+        self.arrival: list[float] = (trace.arrival_s[warm] - self.warmup_s).tolist() + trace.arrival_s.tolist()
+        self.prompt: list[int] = trace.prompt_tokens[warm].tolist() + trace.prompt_tokens.tolist()
+        self.output: list[int] = trace.output_tokens[warm].tolist() + trace.output_tokens.tolist()
+        n = len(self.arrival)
         self.first_token_at = [math.nan] * n
         self.finished_at = [math.nan] * n
         self.failed = bytearray(n)
@@ -129,9 +136,11 @@ class Simulation:
         arrival, events, tick = self.arrival, self.events, self.config.tick_seconds
         n = len(arrival)
         i = 0
-        next_tick = 0.0
+        next_tick = -self.warmup_s
         end = (arrival[-1] if n else 0.0) + DRAIN_HORIZON_S
         route = self.router.route
+        if self.warmup_s > 0:
+            self._warm_start(next_tick)
         while True:
             t_arrival = arrival[i] if i < n else math.inf
             t_event = events[0][0] if events else math.inf
@@ -157,6 +166,16 @@ class Simulation:
         self.now = max(self.now, arrival[-1] if n else 0.0)
         self._fail_leftovers()
         return self._result(time.perf_counter() - started)
+
+    def _warm_start(self, now: float) -> None:
+        """Start where a running service would be: the primary pool (Kubernetes if there is
+        one) sized for the first minutes of load."""
+        head = self.trace.arrival_s < self.warmup_s
+        if head.any():
+            first = Trace(self.trace.arrival_s[head], self.trace.prompt_tokens[head],
+                          self.trace.output_tokens[head])
+            replicas = int(replicas_needed(first, self.target, self.profile).max())
+            (self.k8s or self.modal).warm_start(replicas, now)
 
     def all_done(self) -> bool:
         return self.router.idle() and all(s.engine.load == 0 for p in self.pools for s in p.servers)
@@ -185,7 +204,8 @@ class Simulation:
     def fail(self, req: int, now: float, why: str) -> None:
         if not self.failed[req]:
             self.failed[req] = 1
-            self.fail_reasons[why] = self.fail_reasons.get(why, 0) + 1
+            if req >= self.warmup_requests:
+                self.fail_reasons[why] = self.fail_reasons.get(why, 0) + 1
 
     def timed_out(self, req: int, now: float) -> bool:
         if now - self.arrival[req] > self.timeout:
@@ -198,10 +218,14 @@ class Simulation:
 
     # ---- ticks: observe, decide, actuate -------------------------------------------------
     def _tick(self, now: float) -> None:
+        if now == 0.0:
+            for pool in self.pools:
+                pool.start_counting(now)
         observation = self.observe(now)
         decision = self.policy.decide(observation, now)
         self.apply(decision, now)
-        self._record(now, decision)
+        if now >= 0:
+            self._record(now, decision)
         if self.progress:
             self.progress(now)
 
@@ -255,7 +279,7 @@ class Simulation:
         k8s = self.k8s.state(now) if self.k8s else None
         modal = self.modal.state(now) if self.modal else None
         tl.time.append(now)
-        tl.arrivals.append(self.arrived)
+        tl.arrivals.append(self.arrived - self.warmup_requests)
         tl.k8s_ready.append(k8s.ready if k8s else 0)
         tl.k8s_desired.append(k8s.desired if k8s else 0)
         tl.modal_ready.append(modal.ready if modal else 0)

@@ -24,9 +24,10 @@ def summarise(sim: Simulation, wall_s: float) -> SimResult:
     from .simulator import SimResult
 
     arrival = sim.trace.arrival_s
-    first = np.array(sim.first_token_at)
-    done = np.array(sim.finished_at)
-    failed = np.frombuffer(bytes(sim.failed), dtype=np.uint8).astype(bool)
+    counted = slice(sim.warmup_requests, None)  # the warm-up replay is not judged
+    first = np.array(sim.first_token_at[counted])
+    done = np.array(sim.finished_at[counted])
+    failed = np.frombuffer(bytes(sim.failed[counted]), dtype=np.uint8).astype(bool)
     ok = ~failed
     ttft = first - arrival
     e2e = done - arrival
@@ -36,8 +37,8 @@ def summarise(sim: Simulation, wall_s: float) -> SimResult:
     slo = sim.target.slo.ttft_seconds
     within = ok & (ttft <= slo)
     now = sim.now
-    billed = sum(p.billed_seconds(now) for p in sim.pools)
-    busy = sum(p.busy_seconds(now) for p in sim.pools)
+    billed = sum(p.counted_seconds(now) for p in sim.pools)
+    busy = sum(p.counted_busy(now) for p in sim.pools)
     cost_k8s = sim.k8s.cost(now) if sim.k8s else 0.0
     cost_modal = sim.modal.cost(now) if sim.modal else 0.0
     summary = {

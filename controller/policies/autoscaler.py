@@ -27,8 +27,8 @@ from ..types import Decision, Observation, Reason
 
 # Online capacity correction: multiplicative decrease on SLO pressure, slow recovery.
 CORRECTION_DOWN = 0.9
-CORRECTION_UP = 1.01
-CORRECTION_RANGE = (0.25, 1.2)
+CORRECTION_UP = 1.02
+CORRECTION_RANGE = (0.5, 1.2)
 MODAL_STABILIZATION_S = 60.0
 
 
@@ -172,9 +172,7 @@ class ControllerPolicy:
         low, high = CORRECTION_RANGE
         if pressure:
             self.correction = max(self.correction * CORRECTION_DOWN, low)
-            return
-        ttft = self._fresh(obs, "ttft_p99", now)
-        if ttft is not None and ttft < 0.5 * self.target.slo.ttft_seconds:
+        else:
             self.correction = min(self.correction * CORRECTION_UP, high)
 
     def _hold(self, observation: Observation, why: str) -> Decision:

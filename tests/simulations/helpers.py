@@ -36,6 +36,7 @@ def config(*overrides: str) -> Config:
             f"targets.0.kubernetes.startup_seconds={instant}",
             "targets.0.kubernetes.min_replicas=0",
             f"targets.0.modal.snapshot_start_seconds={instant}",
+            "simulation.warmup_seconds=0",
             *overrides,
         ]
     )

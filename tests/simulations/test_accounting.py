@@ -4,7 +4,10 @@ import numpy as np
 import pytest
 from helpers import Fixed, config, run, trace
 
+from vllm_autoscaler.controller.profile import load_profile
 from vllm_autoscaler.simulations.traces import Trace
+
+A10G = load_profile("a10g-llama3-8b")
 
 K8S_ONLY = "targets.0.modal.enabled=false"
 MODAL_ONLY = "targets.0.kubernetes.enabled=false"
@@ -47,7 +50,7 @@ def random_trace(n: int, seed: int) -> Trace:
 @pytest.mark.parametrize("capacity", [0, 1, 3])
 def test_every_request_is_completed_or_counted_failed(capacity):
     cfg = config("simulation.request_timeout_seconds=30")
-    result = run(random_trace(3000, 1), cfg, Fixed(capacity, 0))
+    result = run(random_trace(3000, 1), cfg, Fixed(capacity, 0), A10G)
     s = result.summary
     finished = np.isfinite(result.e2e)
     assert s["completed"] + s["failed"] == s["requests"] == 3000
@@ -58,9 +61,9 @@ def test_every_request_is_completed_or_counted_failed(capacity):
 def test_same_seed_same_result_and_another_seed_differs():
     slow = "targets.0.kubernetes.startup_seconds={low: 60, mode: 120, high: 300}"
     tr = random_trace(2000, 2)
-    a = run(tr, config(slow, K8S_ONLY), Fixed(3))
-    b = run(tr, config(slow, K8S_ONLY), Fixed(3))
-    c = run(tr, config(slow, K8S_ONLY, "simulation.seed=7"), Fixed(3))
+    a = run(tr, config(slow, K8S_ONLY), Fixed(3), A10G)
+    b = run(tr, config(slow, K8S_ONLY), Fixed(3), A10G)
+    c = run(tr, config(slow, K8S_ONLY, "simulation.seed=7"), Fixed(3), A10G)
     strip = lambda s: {k: v for k, v in s.items() if k != "sim_wall_seconds"}  # noqa: E731
     assert strip(a.summary) == strip(b.summary)
     assert strip(a.summary) != strip(c.summary)
