@@ -8,7 +8,6 @@ latest measurement.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from dataclasses import dataclass
 
@@ -73,9 +72,9 @@ class RateForecaster:
         seasonal = self._seasonal(now + horizon_s)
         if seasonal is not None:
             point = max(point, seasonal)
-        # Errors of a random walk grow like the square root of the steps ahead.
-        steps = max(horizon_s / self.tick_s, 1.0)
-        upper = max(point + self.z * self.error * math.sqrt(steps), self.latest)
+        # The one-step error is mostly sampling noise of the measured rate, which does not
+        # grow with the horizon; real level shifts are carried by the trend.
+        upper = max(point + self.z * self.error, self.latest)
         return Forecast(point, upper, self.latest)
 
     def recent_quantile(self, now: float, window_s: float, q: float) -> float:

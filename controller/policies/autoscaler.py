@@ -26,9 +26,9 @@ from ..safety import PoolGuard
 from ..types import Decision, Observation, Reason
 
 # Online capacity correction: multiplicative decrease on SLO pressure, slow recovery.
-CORRECTION_DOWN = 0.9
-CORRECTION_UP = 1.02
-CORRECTION_RANGE = (0.5, 1.2)
+CORRECTION_DOWN = 0.93
+CORRECTION_UP = 1.01
+CORRECTION_RANGE = (0.6, 1.1)
 MODAL_STABILIZATION_S = 60.0
 
 
@@ -85,13 +85,14 @@ class ControllerPolicy:
         slo = self.target.slo
         ttft = self._fresh(obs, "ttft_p99", now)
         waiting = self._fresh(obs, "waiting", now)
-        kv = self._fresh(obs, "kv_usage_max", now)
+        kv = self._fresh(obs, "kv_usage_mean", now)
         if ttft is not None and ttft > slo.ttft_seconds * self.p.ttft_feedback_fraction:
             return f"TTFT p99 {ttft:.2f}s above {self.p.ttft_feedback_fraction:.0%} of SLO"
         if waiting is not None and waiting > self.p.waiting_per_replica_target * max(replicas, 1):
             return f"{waiting:.0f} requests waiting"
-        if kv is not None and kv > self.p.kv_usage_target:
-            return f"KV cache {kv:.0%} full"
+        # A full cache only hurts when it keeps requests waiting.
+        if kv is not None and kv > self.p.kv_usage_target and waiting:
+            return f"KV cache {kv:.0%} full with {waiting:.0f} waiting"
         return None
 
     # ---- the decision --------------------------------------------------------------------
@@ -112,28 +113,27 @@ class ControllerPolicy:
 
         in_flight = self._fresh(observation, "running", now) or 0.0
         floor = math.ceil(in_flight / self.profile.max_num_seqs)
-        pressure_floor = (k8s_ready + modal_ready + max(1, math.ceil(0.25 * (k8s_ready + modal_ready)))
-                          if pressure else 0)
 
         k8s_want = None
         if k8s_cfg:
             lead = k8s_cfg.startup_seconds.high + self.tick_s
             band = self.forecaster.forecast(now, lead)
             if modal_cfg:
+                # The base layer: spill-over to Modal keeps these pods full, so no headroom.
                 base = min(
                     self.forecaster.recent_quantile(now, self.p.base_load_window_seconds, 1 - self.k8s_share),
                     band.point,
                 )
-                k8s_want = self._replicas(base, capacity)
+                k8s_want = round(base / capacity)
             else:
-                k8s_want = max(self._replicas(band.upper, capacity), floor, pressure_floor)
+                k8s_want = max(self._replicas(band.upper, capacity), floor)
             details.update(k8s_forecast=band.point, k8s_upper=band.upper)
 
         modal_min = modal_buffer = None
         if modal_cfg:
             lead = modal_cfg.startup.high + self.tick_s
             band = self.forecaster.forecast(now, lead)
-            total = max(self._replicas(band.upper, capacity), floor, pressure_floor)
+            total = max(self._replicas(band.point, capacity), floor)
             modal_min = max(total - k8s_ready, 0)
             spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
             modal_buffer = math.ceil(self.p.modal_buffer_fraction * spread)
