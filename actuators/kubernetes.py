@@ -151,7 +151,8 @@ class KubernetesActuator:
         if self._dry_run:
             self._log.info("kubernetes.dry_run", would_scale=change,
                            reason=decision.reason.summary)
-            return ActuationResult(self.pool, False, before, before, f"dry run: would scale {change}")
+            return ActuationResult(self.pool, False, before, before,
+                                   f"dry run: would scale {change}")
         if self._write_cap_reached():
             self._log.warning("kubernetes.write_cap", skipped=change,
                               max_writes_per_minute=self._max_writes)

@@ -10,7 +10,6 @@ import pytest
 from emulators.kube_api import KubeApi
 from kubernetes import client
 
-from vllm_autoscaler.actuators import kubernetes as kube_actuator
 from vllm_autoscaler.actuators.errors import (
     ActuatorError,
     ConflictingAutoscaler,
@@ -264,4 +263,4 @@ async def test_client_in_cluster(kube, tmp_path, monkeypatch):
 def test_unusable_kubeconfig_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(ActuatorError, match="cannot configure the Kubernetes client"):
-        kube_actuator.kubernetes_api_client(str(tmp_path / "missing"))
+        kubernetes_api_client(str(tmp_path / "missing"))

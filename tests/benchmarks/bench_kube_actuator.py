@@ -18,14 +18,14 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the emulator
 
-from emulators.kube_api import running_kube_api  # noqa: E402
+from emulators.kube_api import running_kube_api
 
-from vllm_autoscaler.actuators.kubernetes import (  # noqa: E402
+from vllm_autoscaler.actuators.kubernetes import (
     KubernetesActuator,
     kubernetes_api_client,
 )
-from vllm_autoscaler.config.schema import KubernetesPool  # noqa: E402
-from vllm_autoscaler.controller.types import Decision, Reason  # noqa: E402
+from vllm_autoscaler.config.schema import KubernetesPool
+from vllm_autoscaler.controller.types import Decision, Reason
 
 DEPLOYMENTS = 50
 ROUNDS = 5

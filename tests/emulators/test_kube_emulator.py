@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 
 import pytest
 import urllib3
-from emulators.kube_api import KubeApi
 from kubernetes import client, dynamic
 from kubernetes.client import ApiException
+
+DEPLOYMENT = "/apis/apps/v1/namespaces/default/deployments/vllm"
 
 
 @pytest.fixture
@@ -167,8 +168,11 @@ def test_leases_for_leader_election(kube, kube_client):
     assert raised.value.status == 409
     assert leases.read_namespaced_lease("autoscaler", "default").spec.holder_identity == "pod-a"
 
-    leases.patch_namespaced_lease("autoscaler", "default", {"spec": {"holderIdentity": "pod-b"},
-                                  "metadata": {"resourceVersion": renewed.metadata.resource_version}})
+    # A patch naming the current version succeeds: the contender takes over.
+    takeover = {"spec": {"holderIdentity": "pod-b"},
+                "metadata": {"resourceVersion": renewed.metadata.resource_version}}
+    leases.patch_namespaced_lease("autoscaler", "default", takeover)
+    assert leases.read_namespaced_lease("autoscaler", "default").spec.holder_identity == "pod-b"
     leases.delete_namespaced_lease("autoscaler", "default")
     assert leases.list_namespaced_lease("default").items == []
 
@@ -258,7 +262,7 @@ def test_kubectl_gets_scales_and_reads_raw(kube, kubectl):
     assert kubectl("scale", "deploy/vllm", "--replicas=3").strip() == "deployment.apps/vllm scaled"
     listed = json.loads(kubectl("get", "deploy", "-o", "json"))
     assert [d["spec"]["replicas"] for d in listed["items"]] == [3]
-    raw = json.loads(kubectl("get", "--raw", "/apis/apps/v1/namespaces/default/deployments/vllm/scale"))
+    raw = json.loads(kubectl("get", "--raw", f"{DEPLOYMENT}/scale"))
     assert (raw["kind"], raw["spec"]["replicas"]) == ("Scale", 3)
     [patch] = kube.recorded("PATCH")
     assert patch.headers["Content-Type"] == "application/merge-patch+json"
