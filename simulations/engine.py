@@ -43,7 +43,7 @@ class Replica:
         "host", "profile", "waiting", "prefilling", "prefill_left", "decoding", "finish_heap",
         "v_start", "generated", "v", "v_time", "step_s", "in_step", "step_chunks",
         "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s", "kv_cap",
-        "kv_admit_cap", "budget", "owner",
+        "kv_admit_cap", "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx", "c_prefill",
     )  # fmt: skip
 
     def __init__(self, host: EngineHost, profile: ReplicaProfile, owner: object = None):
@@ -53,6 +53,10 @@ class Replica:
         self.kv_cap = profile.kv_cache_tokens
         self.kv_admit_cap = profile.kv_cache_tokens * (1 - KV_ADMISSION_WATERMARK)
         self.budget = profile.max_num_batched_tokens
+        self.max_seqs = profile.max_num_seqs
+        # The step-time coefficients as plain floats: this is the simulator's hot path.
+        self.c_base, self.c_seq = profile.decode_base_s, profile.decode_per_seq_s
+        self.c_ctx, self.c_prefill = profile.decode_per_context_token_s, profile.prefill_per_token_s
         self.waiting: deque[int] = deque()  # not yet admitted
         self.prefilling: deque[int] = deque()  # admitted, prompt (or recompute) not done
         self.prefill_left: dict[int, int] = {}
@@ -121,19 +125,20 @@ class Replica:
         return self.kv_cap - self.kv_prefill - self._context()
 
     def _admit(self, now: float) -> None:
-        profile, host = self.profile, self.host
-        while self.waiting and self.running < profile.max_num_seqs:
-            req = self.waiting[0]
+        host, waiting, prefilling = self.host, self.waiting, self.prefilling
+        held = self.ctx_base + len(self.decoding) * self.v
+        while waiting and len(prefilling) + len(self.decoding) < self.max_seqs:
+            req = waiting[0]
             need = host.prompt[req] + self.generated.get(req, 0)
             if need > self.kv_admit_cap:  # can never fit: vLLM rejects it
-                self.waiting.popleft()
+                waiting.popleft()
                 self.load -= 1
                 host.rejected(req, now, self)
                 continue
-            if self.kv_prefill + self._context() + need > self.kv_admit_cap:
+            if self.kv_prefill + held + need > self.kv_admit_cap:
                 break
-            self.waiting.popleft()
-            self.prefilling.append(req)
+            waiting.popleft()
+            prefilling.append(req)
             self.prefill_left[req] = need
             self.kv_prefill += need
 
@@ -141,27 +146,31 @@ class Replica:
         """Start the next step if there is prefill to do, else schedule the next decode event."""
         self.version += 1
         batch = len(self.decoding)
+        context = self.ctx_base + batch * self.v
+        # ReplicaProfile.step_seconds, inlined.
+        decode_s = self.c_base + self.c_seq * batch + self.c_ctx * context
         if self.prefilling:
             budget = self.budget - batch
             chunks = []
-            scheduled = 0
+            prefill_left = self.prefill_left
             for req in self.prefilling:
                 if budget <= 0:
                     break
-                take = min(self.prefill_left[req], budget)
+                take = min(prefill_left[req], budget)
                 chunks.append((req, take))
                 budget -= take
-                scheduled += take
             self.step_chunks = chunks
             self.in_step = True
-            step = self.profile.step_seconds(batch, self._context(), scheduled)
+            scheduled = self.budget - batch - budget
+            step = decode_s + self.c_prefill * scheduled
             self.host.schedule(now + step, self._on_step_end, self.version)
         elif batch:
-            self.step_s = self.profile.step_seconds(batch, self._context(), 0)
+            self.step_s = decode_s
             v_next = self._next_finish_v()
-            v_full = self.v + max(self._kv_room() - batch, 0.0) / batch
+            room = self.kv_cap - self.kv_prefill - context
+            v_full = self.v + max(room - batch, 0.0) / batch
             self.host.schedule(
-                now + (min(v_next, v_full) - self.v) * self.step_s, self._on_decode, self.version
+                now + (min(v_next, v_full) - self.v) * decode_s, self._on_decode, self.version
             )
         else:
             self._mark_idle(now)

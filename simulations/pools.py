@@ -59,6 +59,7 @@ class Pool:
         self.price = price_per_server_second
         self.gpus = gpus_per_server
         self.servers: list[Server] = []  # alive (starting, ready or draining)
+        self.serving: list[Server] = []  # ready and not draining: the ones taking requests
         self.ended_seconds = 0.0  # billed seconds of servers already gone
         self.ended_busy = 0.0
         # Billing and busy time accrued during the warm-up, not counted in the results.
@@ -75,13 +76,13 @@ class Pool:
         """Begin with `count` servers already up, as a pool that was running before the trace."""
         for _ in range(count):
             server = Server(self, now, now)
-            server.ready = True
             self.servers.append(server)
-            self.server_ready(server, now)
+            self._on_ready(now, server)
 
     def _on_ready(self, now: float, server: Server) -> None:
         if server.ended_at is None and not server.draining:
             server.ready = True
+            self.serving.append(server)
             self.server_ready(server, now)
 
     def server_ready(self, server: Server, now: float) -> None:
@@ -96,9 +97,8 @@ class Pool:
         self.ended_seconds += server.billed_seconds(now)
         self.ended_busy += server.engine.busy_seconds(now)
         self.servers.remove(server)
-
-    def ready_servers(self) -> list[Server]:
-        return [s for s in self.servers if s.ready and not s.draining]
+        if server in self.serving:
+            self.serving.remove(server)
 
     def billed_seconds(self, now: float) -> float:
         return self.ended_seconds + sum(s.billed_seconds(now) for s in self.servers)
@@ -123,7 +123,7 @@ class Pool:
         return self.counted_seconds(now) * self.gpus / 3600
 
     def state(self, now: float) -> PoolState:
-        ready = sum(1 for s in self.servers if s.ready and not s.draining)
+        ready = len(self.serving)
         starting = sum(1 for s in self.servers if not s.ready and not s.draining)
         return PoolState(ready=ready, starting=starting, desired=ready + starting, at=now)
 
@@ -156,6 +156,7 @@ class SimKubernetesPool(Pool):
                 self._end(server, now)
             else:
                 server.draining = True
+                self.serving.remove(server)
                 self.sim.schedule(now + self.config.drain_seconds, self._drain_deadline, server)
 
     def warm_start(self, count: int, now: float) -> None:
@@ -220,7 +221,7 @@ class SimModalPool(Pool):
             self.inputs[server] = 0
 
     def submit(self, req: int, now: float) -> None:
-        free = [s for s in self.servers if s.ready and self.inputs[s] < self.config.max_inputs]
+        free = [s for s in self.serving if self.inputs[s] < self.config.max_inputs]
         if free:
             self._assign(min(free, key=self.inputs.__getitem__), req, now)
         else:

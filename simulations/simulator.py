@@ -235,7 +235,7 @@ class Simulation:
         self.rate_marks.append((now, self.arrived, self.prompt_arrived, self.tokens_done))
         while len(self.rate_marks) > 1 and self.rate_marks[1][0] <= now - self.window:
             self.rate_marks.popleft()
-        engines = [s.engine for p in self.pools for s in p.servers if s.ready]
+        engines = [s.engine for p in self.pools for s in p.servers if s.ready]  # draining too
         kv = [e.kv_used(now) / e.kv_cap for e in engines]
         t0, arrived0, prompt0, tokens0 = self.rate_marks[0]
         span = now - t0
@@ -302,6 +302,10 @@ class Simulation:
         return summarise(self, wall_s)
 
 
+def engine_load(server: Server) -> int:
+    return server.engine.load
+
+
 class Router:
     """Least-loaded ready Kubernetes replica first; spill to Modal when Kubernetes is full,
     i.e. when even the least-loaded replica already has requests it cannot admit (waiting).
@@ -321,10 +325,8 @@ class Router:
     def route(self, req: int, now: float) -> None:
         sim = self.sim
         best = None
-        if sim.k8s is not None:
-            ready = [s for s in sim.k8s.servers if s.ready and not s.draining]
-            if ready:
-                best = min(ready, key=lambda s: s.engine.load)
+        if sim.k8s is not None and sim.k8s.serving:
+            best = min(sim.k8s.serving, key=engine_load)
         if best is not None and (best.engine.num_waiting < self.spill_threshold or sim.modal is None):
             best.engine.enqueue(req, now)
         elif sim.modal is not None:
