@@ -3,7 +3,9 @@
 No kube-apiserver can run on the test machines, so this aiohttp server plays one, faithfully
 in what the `kubernetes` Python client and `kubectl` rely on:
 
-- discovery (legacy and aggregated v2), `/version`, an empty OpenAPI v3 index;
+- discovery (legacy and aggregated v2), `/version`, and OpenAPI v3 documents saying that
+  writes take `fieldValidation`: kubectl then leaves validation to the server, which judges
+  `fieldValidation=Strict` writes against the real schemas (kubernetes-validate);
 - apps/v1 Deployments with their `scale` and `status` subresources, autoscaling/v2
   HorizontalPodAutoscalers, coordination.k8s.io/v1 Leases, core/v1 Events;
 - get/list/create/update/patch/delete with Status errors as the real server words them:
@@ -17,7 +19,8 @@ in what the `kubernetes` Python client and `kubectl` rely on:
   of every request, for tests to assert on.
 
 Simplifications: every namespace exists; strategic merge merges lists of objects by `name`
-and replaces other lists (no `$patch` directives); no watch, no server-side apply.
+and replaces other lists (no `$patch` directives); no watch, no server-side apply, no
+OpenAPI v2; `fieldValidation=Warn` is taken as `Ignore`; list `limit` is ignored (no paging).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kubernetes_validate
 import yaml
 from aiohttp import web
 
@@ -50,6 +54,7 @@ from .kube_store import (
     Obj,
     ResourceType,
     Store,
+    Subresource,
     apply_patch,
     conflict,
     dig,
@@ -60,6 +65,7 @@ from .kube_store import (
 
 SERVER_VERSION = {"major": "1", "minor": "32", "gitVersion": "v1.32.0-emulator",
                   "platform": "linux/amd64"}
+SCHEMA_VERSION = "1.32"  # the Kubernetes release whose OpenAPI schemas judge strict writes
 
 
 # ------------------------------------------------------------------------ faults and records
@@ -137,6 +143,41 @@ def request_info(method: str, path: str, query: dict[str, str]) -> RequestInfo |
                        match["name"], match["subresource"])
 
 
+@dataclass(frozen=True)
+class Call:
+    """One request to a resource path, decoded."""
+
+    info: RequestInfo
+    query: dict[str, str]
+    body: Any
+    content_type: str
+
+    @property
+    def commit(self) -> bool:
+        return self.query.get("dryRun") != "All"
+
+    @property
+    def view(self) -> Subresource | None:
+        return self.info.rt.subresource(self.info.subresource) if self.info.subresource else None
+
+    def read(self, obj: Obj) -> Obj:
+        """What the request's path shows of a stored object."""
+        return self.view.read(obj) if self.view else obj
+
+    def check_fields(self, obj: Obj) -> None:
+        """`fieldValidation=Strict` (kubectl's default): unknown or mistyped fields are a 400,
+        judged against the real OpenAPI schemas (kubernetes-validate)."""
+        if self.query.get("fieldValidation") != "Strict":
+            return
+        try:
+            kubernetes_validate.validate(obj, SCHEMA_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as err:
+            where = ".".join(str(p) for p in err.path)
+            raise ApiError(400, f'{obj.get("kind")} in version "{self.info.rt.version}" cannot be '
+                                f"handled as a {obj.get('kind')}: strict decoding error: "
+                                f"{where}: {err.message}") from None
+
+
 # ------------------------------------------------------------------------------ discovery
 
 def api_resources(rt: ResourceType) -> list[Obj]:
@@ -189,6 +230,32 @@ def aggregated_discovery(core: bool) -> Obj:
 AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 
 
+def group_version_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def openapi_index() -> Obj:
+    return {"paths": {group_version_path(g, v): {
+        "serverRelativeURL": f"/openapi/v3/{group_version_path(g, v)}?hash={SCHEMA_VERSION}"}
+        for g, versions in group_versions().items() for v in versions}}
+
+
+def openapi_document(path: str) -> Obj:
+    """A group-version's OpenAPI v3 document, as far as kubectl reads it: its PATCH operations
+    take `fieldValidation`, so kubectl leaves field validation to the server."""
+    types = [rt for rt in RESOURCE_TYPES if group_version_path(rt.group, rt.version) == path]
+    if not types:
+        raise ApiError(404, "the server could not find the requested resource")
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": SCHEMA_VERSION},
+            "paths": {f"{rt.prefix}/namespaces/{{namespace}}/{rt.resource}/{{name}}": {"patch": {
+                "x-kubernetes-group-version-kind":
+                    {"group": rt.group, "version": rt.version, "kind": rt.kind},
+                "parameters": [{"name": "fieldValidation", "in": "query",
+                                "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "OK"}}}} for rt in types},
+            "components": {"schemas": {}}}
+
+
 # ------------------------------------------------------------------------------- the server
 
 def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
@@ -226,7 +293,8 @@ class KubeApi:
                 (r"^/apis$", self._groups),
                 (r"^/(?:api/(?P<cv>v1)|apis/(?P<group>[^/]+)/(?P<version>[^/]+))$",
                  self._resource_list),
-                (r"^/openapi/v3$", lambda req, m: {"paths": {}}),
+                (r"^/openapi/v3$", lambda req, m: openapi_index()),
+                (r"^/openapi/v3/(?P<path>apis?/.+)$", lambda req, m: openapi_document(m["path"])),
             )]
 
     # --- lifecycle
@@ -369,7 +437,8 @@ class KubeApi:
         await self._apply_faults(request.method, request.path, info)
         accept = request.headers.get("Accept", "")
         if info is not None:
-            result = self._resource(info, request, query, body)
+            result = self._resource(
+                Call(info, query, body, request.headers.get("Content-Type", "")))
             if "as=Table" in accept and info.verb in ("get", "list") and not info.subresource:
                 result = self._table(info.rt, result)
             return web.json_response(result, status=201 if info.verb == "create" else 200)
@@ -406,51 +475,62 @@ class KubeApi:
             error.message = fault.message
         raise error
 
-    def _resource(self, info: RequestInfo, request: web.Request, query: dict[str, str],
-                  body: Any) -> Obj:
-        rt, ns, name = info.rt, info.namespace, info.name
-        commit = query.get("dryRun") != "All"
-        if info.verb == "watch":
-            raise ApiError(405, "watch is not supported by this emulator")
-        if info.verb == "list":
-            items = [o for o in self.store.list(rt, ns) if selected(o, query)]
-            for item in items:
-                del item["apiVersion"], item["kind"]
-            return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
-                    "metadata": {"resourceVersion": self.store.revision}, "items": items}
-        if ns is None:
+    def _resource(self, call: Call) -> Obj:
+        handlers: dict[str, Callable[[Call], Obj]] = {
+            "list": self._list, "get": self._get, "create": self._create,
+            "update": self._write, "patch": self._write, "delete": self._delete}
+        info = call.info
+        if info.verb not in handlers or (info.name is None) != (info.verb in ("list", "create")):
+            raise ApiError(405, f"{info.verb} is not supported on this path")
+        if info.namespace is None and info.verb != "list":
             raise ApiError(404, "the server could not find the requested resource")
-        if info.verb == "create" and name is None:
-            if not isinstance(body, dict):
-                raise ApiError(400, "the request body must be a JSON object")
-            return self.store.create(rt, ns, body, commit=commit)
-        if name is None:
-            raise ApiError(405, f"{request.method} is not allowed on a collection")
-        view = rt.subresource(info.subresource) if info.subresource else None
-        read = view.read if view else (lambda obj: obj)
-        if info.verb == "get":
-            return read(self.store.get(rt, ns, name))
-        if info.verb == "delete":
-            self.store.delete(rt, ns, name, commit=commit)
-            return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
-                    "details": {"name": name, "group": rt.group, "kind": rt.resource}}
-        if info.verb not in ("update", "patch"):
-            raise ApiError(405, f"{request.method} is not allowed on {request.path}")
-        if not isinstance(body, (dict, list)):
+        return handlers[info.verb](call)
+
+    def _list(self, call: Call) -> Obj:
+        rt = call.info.rt
+        items = [o for o in self.store.list(rt, call.info.namespace) if selected(o, call.query)]
+        for item in items:
+            del item["apiVersion"], item["kind"]
+        return {"kind": f"{rt.kind}List", "apiVersion": rt.api_version,
+                "metadata": {"resourceVersion": self.store.revision}, "items": items}
+
+    def _get(self, call: Call) -> Obj:
+        info = call.info
+        return call.read(self.store.get(info.rt, info.namespace, info.name))
+
+    def _create(self, call: Call) -> Obj:
+        if not isinstance(call.body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        call.check_fields(call.body)
+        return self.store.create(call.info.rt, call.info.namespace, call.body,
+                                 commit=call.commit)
+
+    def _delete(self, call: Call) -> Obj:
+        rt, name = call.info.rt, call.info.name
+        self.store.delete(rt, call.info.namespace, name, commit=call.commit)
+        return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+                "details": {"name": name, "group": rt.group, "kind": rt.resource}}
+
+    def _write(self, call: Call) -> Obj:
+        """An update (PUT) or a patch of an object or of one of its subresources."""
+        info, view = call.info, call.view
+        if not isinstance(call.body, (dict, list)):
             raise ApiError(400, "the request body must be JSON")
 
         def change(current: Obj) -> Obj:
-            incoming = body if info.verb == "update" else apply_patch(
-                request.headers.get("Content-Type", ""), read(copy.deepcopy(current)), body)
+            incoming = call.body if info.verb == "update" else apply_patch(
+                call.content_type, call.read(copy.deepcopy(current)), call.body)
+            call.check_fields(incoming)
             if view:
                 written = view.write(current, incoming)
                 written["metadata"]["resourceVersion"] = dig(incoming, "metadata.resourceVersion")
                 return written
-            if rt.has_status:  # status is only written through the status subresource
+            if info.rt.has_status:  # status is only written through the status subresource
                 incoming = {**incoming, "status": current.get("status")}
             return incoming
 
-        return read(self.store.update(rt, ns, name, change, commit=commit))
+        return call.read(self.store.update(info.rt, info.namespace, info.name, change,
+                                           commit=call.commit))
 
     @staticmethod
     def _table(rt: ResourceType, result: Obj) -> Obj:

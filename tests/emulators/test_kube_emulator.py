@@ -266,3 +266,29 @@ def test_kubectl_gets_scales_and_reads_raw(kube, kubectl):
     assert (raw["kind"], raw["spec"]["replicas"]) == ("Scale", 3)
     [patch] = kube.recorded("PATCH")
     assert patch.headers["Content-Type"] == "application/merge-patch+json"
+
+
+MANIFEST = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: nginx}]}
+"""
+
+
+def test_kubectl_applies_manifests_with_server_side_field_validation(kube, kubectl, tmp_path):
+    manifest = tmp_path / "web.yaml"
+    manifest.write_text(MANIFEST)
+    assert kubectl("apply", "-f", str(manifest)).strip() == "deployment.apps/web created"
+    manifest.write_text(MANIFEST.replace("replicas: 2", "replicas: 4"))
+    assert kubectl("apply", "-f", str(manifest)).strip() == "deployment.apps/web configured"
+    assert kube.get("deployments", "web")["spec"]["replicas"] == 4
+
+    manifest.write_text(MANIFEST.replace("replicas: 2", "replicaz: 2"))
+    typo = kubectl.run("apply", "-f", str(manifest))
+    assert typo.returncode != 0
+    assert "strict decoding error" in typo.stderr and "'replicaz' was unexpected" in typo.stderr
