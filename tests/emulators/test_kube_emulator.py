@@ -10,6 +10,8 @@ import pytest
 import urllib3
 from kubernetes import client, dynamic
 from kubernetes.client import ApiException
+from kubernetes.leaderelection.leaderelectionrecord import LeaderElectionRecord
+from kubernetes.leaderelection.resourcelock.leaselock import LeaseLock
 
 DEPLOYMENT = "/apis/apps/v1/namespaces/default/deployments/vllm"
 
@@ -175,6 +177,28 @@ def test_leases_for_leader_election(kube, kube_client):
     assert leases.read_namespaced_lease("autoscaler", "default").spec.holder_identity == "pod-b"
     leases.delete_namespaced_lease("autoscaler", "default")
     assert leases.list_namespaced_lease("default").items == []
+
+
+def test_the_clients_lease_lock_elects_one_leader(kube, kube_client):
+    """The `kubernetes` client's own LeaseLock (leader election) works against the emulator."""
+    def candidate(identity: str) -> LeaseLock:
+        lock = LeaseLock("autoscaler", "default", identity)
+        lock.api_instance = client.CoordinationV1Api(kube_client)
+        return lock
+
+    def record(identity: str) -> LeaderElectionRecord:
+        now = str(datetime.now())
+        return LeaderElectionRecord(identity, "15", now, now)
+
+    a, b = candidate("pod-a"), candidate("pod-b")
+    assert a.create("autoscaler", "default", record("pod-a"))
+    assert not b.create("autoscaler", "default", record("pod-b"))  # 409 AlreadyExists
+    found, held = b.get("autoscaler", "default")
+    assert found and held.holder_identity == "pod-a"
+
+    assert a.update("autoscaler", "default", record("pod-a"))  # a renews...
+    assert not b.update("autoscaler", "default", record("pod-b"))  # ...so b's copy is stale
+    assert kube.get("leases", "autoscaler")["spec"]["holderIdentity"] == "pod-a"
 
 
 def test_events_are_created_and_selected(kube, kube_client):
