@@ -77,7 +77,7 @@ class RetryPolicy:
     """Bounds on retrying one read or one read-modify-write."""
 
     attempts: int = 5
-    total_seconds: float = 30.0
+    total_seconds: float = 20.0
     backoff_initial_seconds: float = 0.5
     backoff_max_seconds: float = 8.0
 
@@ -110,7 +110,7 @@ class KubernetesActuator:
         api_client: ApiClient | None = None,
         dry_run: bool = False,
         max_writes_per_minute: int = 6,
-        request_timeout_seconds: float = 10.0,
+        request_timeout_seconds: float = 5.0,
         retry: RetryPolicy = RetryPolicy(),
     ) -> None:
         """`api_client` is shared and left open (build one with `kubernetes_api_client`);
