@@ -1,0 +1,135 @@
+"""The Prometheus metric source: PromQL over the target's vLLM series.
+
+Each collection is two queries: which vLLM series exist under the selector (to pick the metric
+names this vLLM release uses), then one query holding every signal, so that all of them are
+evaluated at the same instant. Pool states are not known here (the daemon adds the actuators').
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+
+import requests
+from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
+from urllib3.util.retry import Retry
+
+from ..config.schema import PrometheusSource
+from ..controller.types import Observation
+from .common import QUANTILES, MetricsUnavailable, measured
+from .vllm_names import ALL_SPELLINGS, Signal, detect
+
+_RATE = "sum(rate({series}[{window}]))"
+_QUANTILE = "histogram_quantile({q}, sum by (le) (rate({{series}}[{{window}}])))"
+
+# Observation field -> the signal it is computed from and its PromQL over `{series}`.
+QUERIES: dict[str, tuple[Signal, str]] = {
+    "running": (Signal.RUNNING, "sum({series})"),
+    "waiting": (Signal.WAITING, "sum({series})"),
+    "kv_usage_mean": (Signal.KV_USAGE, "avg({series})"),
+    "kv_usage_max": (Signal.KV_USAGE, "max({series})"),
+    **{f"ttft_{p}": (Signal.TTFT, _QUANTILE.format(q=q)) for p, q in QUANTILES.items()},
+    **{f"itl_{p}": (Signal.ITL, _QUANTILE.format(q=q)) for p, q in QUANTILES.items()},
+    "arrival_rate": (Signal.FINISHED, _RATE),
+    "prompt_tokens_rate": (Signal.PROMPT_TOKENS, _RATE),
+    "output_tokens_rate": (Signal.OUTPUT_TOKENS, _RATE),
+}
+_MEASURED_AT = "measured_at"  # when the oldest of the selected gauges was scraped
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def label_matchers(selector: Mapping[str, str]) -> str:
+    """PromQL label matchers for the selector; each value is a regular expression, fully
+    anchored as PromQL does (so a plain name matches itself)."""
+    for label, pattern in selector.items():
+        if not _LABEL_NAME.fullmatch(label):
+            raise ValueError(f"metrics.prometheus.selector: {label!r} is not a label name")
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            raise ValueError(
+                f"metrics.prometheus.selector.{label}: {pattern!r} is not a regular expression: "
+                f"{error}") from None
+    # A JSON string is a valid PromQL string literal (same escapes).
+    return ", ".join(f"{label}=~{json.dumps(pattern)}" for label, pattern in selector.items())
+
+
+def duration_seconds(duration: str) -> float:
+    """Seconds in a Prometheus duration such as `1m` or `1m30s`."""
+    parts = _DURATION_PART.findall(duration)
+    if not parts or "".join(number + unit for number, unit in parts) != duration:
+        raise ValueError(f"metrics.prometheus.rate_window: {duration!r} is not a Prometheus "
+                         "duration (such as 30s, 1m, 1m30s)")
+    return sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+class PrometheusMetrics:
+    """A MetricSource reading the vLLM series selected by `config.selector` from Prometheus."""
+
+    def __init__(self, config: PrometheusSource, clock: Callable[[], float] = time.time):
+        self.url = config.url
+        self._matchers = label_matchers(config.selector)
+        self._window = config.rate_window
+        self._window_s = duration_seconds(config.rate_window)
+        self._clock = clock
+        # No retries here: the controller's next tick is the retry, and a slow failure would
+        # stall this one. POST, as the combined query is long.
+        self._client = PrometheusConnect(
+            url=config.url, disable_ssl=not config.verify_tls, timeout=config.timeout_seconds,
+            retry=Retry(total=0), method="POST")
+
+    async def collect(self) -> Observation:
+        # prometheus-api-client is synchronous: keep it off the event loop.
+        return await asyncio.to_thread(self._collect)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _collect(self) -> Observation:
+        names = detect({r["metric"]["__name__"] for r in self._query(self._detection_query())})
+        results = self._query(self._signals_query(names))
+        evaluated_at = float(results[0]["value"][0])  # the same for all: one query
+        values = {r["metric"]["signal"]: float(r["value"][1]) for r in results}
+        at = values.pop(_MEASURED_AT, evaluated_at)
+        if evaluated_at - at > self._window_s:
+            values = {}  # the replicas stopped reporting: nothing here describes the window
+        return Observation(
+            time=self._clock(),
+            **{field: measured(values.get(field), at) for field in [*QUERIES, "replicas_reporting"]},
+        )
+
+    def _series(self, names: str) -> str:
+        """A selector of the named series (a `|`-separated regex) and the target's labels."""
+        return "{" + ", ".join(filter(None, [f'__name__=~"{names}"', self._matchers])) + "}"
+
+    def _detection_query(self) -> str:
+        return f"count by (__name__) ({self._series('|'.join(ALL_SPELLINGS))})"
+
+    def _signals_query(self, names: Mapping[Signal, str]) -> str:
+        """Every signal as one instant vector, each element labelled `signal=<field>`."""
+        expressions = {
+            field: promql.format(series=self._series(names[signal]), window=self._window)
+            for field, (signal, promql) in QUERIES.items() if signal in names
+        }
+        # Counted by instance (not by series): a replica may run several engines.
+        running = self._series("|".join(Signal.RUNNING.spellings))
+        expressions["replicas_reporting"] = f"count(count by (instance) ({running})) or vector(0)"
+        if Signal.RUNNING in names:
+            expressions[_MEASURED_AT] = f"min(timestamp({self._series(names[Signal.RUNNING])}))"
+        return " or ".join(f'label_replace({promql}, "signal", "{field}", "", "")'
+                           for field, promql in expressions.items())
+
+    def _query(self, promql: str) -> list[dict]:
+        try:
+            return self._client.custom_query(promql)
+        except requests.RequestException as error:
+            raise MetricsUnavailable(f"Prometheus at {self.url} is unreachable: {error}") from error
+        except PrometheusApiClientException as error:
+            raise MetricsUnavailable(
+                f"Prometheus at {self.url} rejected the query {promql!r}: {error}") from error
