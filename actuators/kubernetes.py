@@ -257,13 +257,11 @@ class KubernetesActuator:
         try:
             return await retrying(attempt, *args)
         except RetryError as exc:
-            last = exc.last_attempt
-            failure = last.exception()
-            if isinstance(failure, ApiException):
-                failure = self._error(call, failure)
+            attempts = exc.last_attempt.attempt_number
             raise Unavailable(
-                f"{self._where}: gave up on {call.verb} {call.resource} after "
-                f"{last.attempt_number} attempts: {failure}") from None
+                f"{self._where}: gave up on {call.verb} {call.resource} after {attempts} "
+                f"attempt{'s' if attempts > 1 else ''}; last answer: "
+                f"{_describe(exc.last_attempt.exception())}") from None
 
     def _wait(self, state: RetryCallState) -> float:
         """409: re-read at once; 429: as long as Retry-After says; else exponential backoff."""
@@ -319,6 +317,14 @@ def _retry_after_seconds(exc: ApiException) -> float | None:
         return max(float(value), 0.0) if value is not None else None
     except ValueError:  # an HTTP date: rare from kube-apiserver, back off instead
         return None
+
+
+def _describe(failure: BaseException | None) -> str:
+    if not isinstance(failure, ApiException):
+        return repr(failure)
+    retry_after = _retry_after_seconds(failure)
+    wait = f" (Retry-After: {retry_after:g} s)" if retry_after is not None else ""
+    return f"HTTP {failure.status}: {_status_message(failure)}{wait}"
 
 
 def _status_message(exc: ApiException) -> str:

@@ -123,6 +123,14 @@ class RequestInfo:
                                  "kind": self.rt.resource})
 
 
+# What kube-apiserver says with these codes.
+FAULT_MESSAGES = {
+    429: "Too many requests, please try again later.",
+    500: "Internal error occurred: injected fault",
+    503: "the server is currently unable to handle the request",
+    504: "the server was unable to return a response in the time allotted, but may still be "
+         "processing the request",
+}
 VERBS = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
 RESOURCE_PATH = re.compile(
     r"^(?P<prefix>/api/v1|/apis/[^/]+/[^/]+)(?:/namespaces/(?P<namespace>[^/]+))?"
@@ -469,7 +477,8 @@ class KubeApi:
         elif fault.status == 409 and info is not None and info.name:
             error = conflict(info.rt, info.name)
         else:
-            error = ApiError(fault.status, fault.message or f"injected fault on {method} {path}")
+            error = ApiError(fault.status, FAULT_MESSAGES.get(fault.status,
+                                                              f"injected fault on {method} {path}"))
         error.headers = dict(fault.headers)
         if fault.message:
             error.message = fault.message
