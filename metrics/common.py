@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from itertools import accumulate
 from collections.abc import Mapping
+from itertools import accumulate
 
 from ..controller.types import Sample
 

@@ -35,4 +35,5 @@ if ! command -v prometheus >/dev/null; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
 fi
 
-"$venv/bin/python" "$repo/tests/realparts/make_tiny_model.py" "$repo/.cache/tiny-llama"
+model="$repo/.cache/tiny-llama"
+[ -d "$model" ] || "$venv/bin/python" "$repo/tests/realparts/make_tiny_model.py" "$model"

@@ -1,7 +1,7 @@
 """Builds a tiny random Llama model that a CPU vLLM server can load (no model can be downloaded).
 
-Run with .venv-vllm's python: `make_tiny_model.py OUT_DIR`. Built once; a no-op when OUT_DIR
-exists. The weights are random: the server's output is gibberish, but its scheduling, KV cache
+Run with .venv-vllm's python: `make_tiny_model.py OUT_DIR` (tests/setup_real_parts.sh does,
+once). The weights are random: the server's output is gibberish, but its scheduling, KV cache
 and metrics are real, which is all the tests need.
 """
 
@@ -67,8 +67,6 @@ def build_model(tokenizer: PreTrainedTokenizerFast) -> LlamaForCausalLM:
 
 
 def main(out: Path) -> None:
-    if out.is_dir():
-        return
     # Build beside the target and rename, so an interrupted build never looks finished.
     partial = out.with_name(out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
