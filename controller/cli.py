@@ -157,6 +157,55 @@ def compare(
 
 
 @app.command()
+def tune(
+    trace: TraceOpt,
+    trials: Annotated[int, typer.Option(help="Trials to run (added to a resumed study)")],
+    out: OutOpt = Path("out/tune"),
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    target: TargetOpt = None,
+    split: Annotated[float, typer.Option(help="Share of the trace (by time) tuned on; the rest is held out")] = 0.7,
+    storage: Annotated[
+        Optional[str], typer.Option(help="Optuna storage: database URL or journal file (default OUT/study.journal)")
+    ] = None,
+    study_name: Annotated[str, typer.Option(help="Study in the storage; the same one resumes")] = "vllm-autoscaler",
+    workers: Annotated[int, typer.Option(help="Parallel trial processes")] = os.cpu_count() or 1,
+    gpu_choice: Annotated[
+        Optional[list[str]],
+        typer.Option(help="Also choose the GPU: PROFILE:K8S_PRICE_PER_GPU_HOUR:MODAL_PRICE_PER_GPU_SECOND (repeatable)"),
+    ] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    rate_scale: RateOpt = 1.0,
+    time_scale: ClockOpt = 1.0,
+    skip_bad_rows: SkipOpt = False,
+) -> None:
+    """Tune the controller's parameters: the cheapest config that meets the SLO on the first part
+    of the trace, checked on the rest; write tuned.yaml, tune.json and pareto.png."""
+    from ..simulations.tune import GpuChoice, TuneOptions
+    from ..simulations.tune import tune as run_tune
+
+    cfg = _config(config, set_)
+    requests = _trace(trace, start, end, rate_scale, time_scale, skip_bad_rows, cfg.simulation.seed)
+    try:
+        choices = tuple(GpuChoice.parse(c) for c in gpu_choice or [])
+        options = TuneOptions(trials, split, storage, study_name, workers, target, choices)
+        with _progress() as bar:
+            task = bar.add_task("trials", total=trials)
+            report = run_tune(requests, cfg, out, options, lambda done: bar.update(task, completed=done))
+    except (ConfigError, ProfileError, ValueError) as exc:
+        fail(str(exc))
+    best = report["best_trial"]
+    console.print(
+        f"best of {report['study']['trials']} trials: trial {best['number']}, ${best['cost']:.2f} at "
+        f"{best['slo_attainment']:.2%} on the tuning part; held out:"
+    )
+    for name, s in report["held_out"].items():
+        console.print(f"  {name:>12}: ${s['cost_total']:.2f}, SLO attainment {s['slo_attainment']:.2%}")
+    console.print(f"-> {out}/tuned.yaml, {out}/tune.json, {out}/pareto.png")
+
+
+@app.command()
 def generate(
     kind: Annotated[str, typer.Argument(help="poisson, diurnal, step or bursty")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")],

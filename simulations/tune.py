@@ -1,0 +1,415 @@
+"""Tune the controller's parameters on a trace: an optuna study that minimises cost with the
+SLO attainment as a constraint, checked on a held-out tail of the trace.
+
+Trials run in worker processes that share one optuna storage (a journal file by default, or a
+database URL), so a study can be resumed, and several machines can work on the same study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+import numpy as np
+import optuna
+import yaml
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config.loader import validate_config
+from ..config.schema import Config, Target
+from ..controller.profile import load_profile
+from .run import compare, pick_target, simulate
+from .traces import Trace
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+# The decision core's parameters (config.schema.ControllerPolicy) and the ranges searched.
+SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution] = {
+    "level_alpha": FloatDistribution(0.05, 0.8, log=True),
+    "trend_beta": FloatDistribution(0.0, 0.3),
+    "error_alpha": FloatDistribution(0.02, 0.5, log=True),
+    "band_z": FloatDistribution(0.0, 4.0),
+    "headroom": FloatDistribution(0.0, 0.6),
+    "target_utilization": FloatDistribution(0.5, 1.0),
+    "ttft_feedback_fraction": FloatDistribution(0.3, 1.5),
+    "kv_usage_target": FloatDistribution(0.6, 1.0),
+    "waiting_per_replica_target": FloatDistribution(0.5, 16, log=True),
+    "scale_down_stabilization_seconds": FloatDistribution(30, 1800, log=True),
+    "max_scale_down_per_tick": IntDistribution(1, 8),
+    "hysteresis": FloatDistribution(0.0, 0.3),
+    "base_load_window_seconds": FloatDistribution(300, 7200, log=True),
+    "modal_buffer_fraction": FloatDistribution(0.0, 1.0),
+}
+GPU_PARAM = "gpu"
+BASELINES = ("hpa", "modal-only", "static-peak", "oracle")
+POLL_SECONDS = 0.5
+
+
+class TuneError(ValueError):
+    """Tuning cannot start or finish; the message says why, with the figures."""
+
+
+@dataclass(frozen=True)
+class GpuChoice:
+    """A replica profile with the prices of its GPU: `PROFILE:K8S_PER_GPU_HOUR:MODAL_PER_GPU_SECOND`."""
+
+    profile: str
+    price_per_gpu_hour: float
+    price_per_gpu_second: float
+
+    @classmethod
+    def parse(cls, text: str) -> GpuChoice:
+        parts = text.split(":")
+        try:
+            profile, per_hour, per_second = parts[0], float(parts[1]), float(parts[2])
+        except (IndexError, ValueError):
+            raise TuneError(
+                f"--gpu-choice {text!r}: expected PROFILE:K8S_PRICE_PER_GPU_HOUR:MODAL_PRICE_PER_GPU_SECOND"
+            ) from None
+        if len(parts) != 3 or per_hour < 0 or per_second < 0:
+            raise TuneError(f"--gpu-choice {text!r}: expected three fields and prices >= 0")
+        load_profile(profile)  # a bad profile name fails now, not in a worker
+        return cls(profile, per_hour, per_second)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    trials: int
+    split: float = 0.7
+    # A database URL (anything with "://") or a journal file; default: OUT/study.journal.
+    storage: str | None = None
+    study_name: str = "vllm-autoscaler"
+    workers: int = os.cpu_count() or 1
+    target_name: str | None = None
+    gpu_choices: tuple[GpuChoice, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.trials < 1:
+            raise TuneError(f"--trials must be at least 1, got {self.trials}")
+        if not 0 < self.split < 1:
+            raise TuneError(f"--split must be between 0 and 1 (exclusive), got {self.split}")
+        if self.workers < 1:
+            raise TuneError(f"--workers must be at least 1, got {self.workers}")
+        if len({c.profile for c in self.gpu_choices}) != len(self.gpu_choices):
+            raise TuneError("--gpu-choice: each profile may be given once")
+
+
+# ---- configs -------------------------------------------------------------------------------
+def edit_target(config: Config, target_name: str | None, edit: Callable[[dict], None]) -> Config:
+    """A copy of the config with one target's section changed by `edit` (on its plain data)."""
+    index = config.targets.index(pick_target(config, target_name))
+    data = config.model_dump(mode="json")
+    edit(data["targets"][index])
+    return validate_config(data, "tuned config")
+
+
+def tuned_config(
+    config: Config, target_name: str | None, params: dict[str, Any], gpu_choices: tuple[GpuChoice, ...] = ()
+) -> Config:
+    def edit(target: dict) -> None:
+        target["policy"]["controller"].update({k: v for k, v in params.items() if k != GPU_PARAM})
+        if GPU_PARAM in params:
+            gpu = next(c for c in gpu_choices if c.profile == params[GPU_PARAM])
+            target["profile"] = gpu.profile
+            if target["kubernetes"]:
+                target["kubernetes"]["price_per_gpu_hour"] = gpu.price_per_gpu_hour
+            if target["modal"]:
+                target["modal"]["price_per_gpu_second"] = gpu.price_per_gpu_second
+
+    return edit_target(config, target_name, edit)
+
+
+def max_capacity_config(config: Config, target_name: str | None) -> Config:
+    """The `static` policy holding every pool at its maximum."""
+
+    def edit(target: dict) -> None:
+        k8s, modal = target["kubernetes"], target["modal"]
+        target["policy"]["static"] = {
+            "kubernetes_replicas": k8s["max_replicas"] if k8s and k8s["enabled"] else 0,
+            "modal_min_containers": modal["max_containers"] if modal and modal["enabled"] else 0,
+        }
+
+    return edit_target(config, target_name, edit)
+
+
+def baselines_for(target: Target) -> list[str]:
+    needs = {"hpa": target.kubernetes_pool, "modal-only": target.modal_pool}
+    return [name for name in BASELINES if needs.get(name, True)]
+
+
+# ---- the trace -----------------------------------------------------------------------------
+def split_trace(trace: Trace, split: float) -> tuple[Trace, Trace]:
+    """The first `split` of the trace's duration to tune on, the rest (from t=0) to check on."""
+    if len(trace) == 0:
+        raise TuneError(f"trace {trace.name!r} has no requests")
+    cut = split * trace.duration_s
+    head = trace.arrival_s < cut
+    parts = (head, ~head)
+    labels = (f"{trace.name} [0, {cut:.0f} s)", f"{trace.name} [{cut:.0f} s, end]")
+    for mask, label, what in zip(parts, labels, ("tuning", "held-out")):
+        if not mask.any():
+            raise TuneError(
+                f"--split {split} leaves no requests in the {what} part ({label}) of "
+                f"{len(trace):,} requests over {trace.duration_s:.0f} s"
+            )
+    offsets = (0.0, cut)
+    return tuple(  # type: ignore[return-value]
+        Trace(trace.arrival_s[m] - off, trace.prompt_tokens[m], trace.output_tokens[m], name=label)
+        for m, off, label in zip(parts, offsets, labels)
+    )
+
+
+def fingerprint(trace: Trace, config: Config, options: TuneOptions) -> str:
+    """What a study's trial values depend on: resuming with anything else would mix them."""
+    digest = hashlib.sha256(config.model_dump_json().encode())
+    for column in (trace.arrival_s, trace.prompt_tokens, trace.output_tokens):
+        digest.update(np.ascontiguousarray(column).tobytes())
+    digest.update(repr((options.target_name, options.gpu_choices, sorted(SEARCH_SPACE))).encode())
+    return digest.hexdigest()[:16]
+
+
+# ---- the study -----------------------------------------------------------------------------
+def slo_shortfall(trial: FrozenTrial) -> list[float]:
+    """The constraint (feasible when <= 0): required attainment minus the trial's."""
+    return [trial.user_attrs["slo_shortfall"]]
+
+
+def open_study(storage: str, study_name: str) -> optuna.Study:
+    """Create the study, or load it to resume (the sampler is per process, not stored)."""
+    backend = storage if "://" in storage else JournalStorage(JournalFileBackend(storage))
+    sampler = optuna.samplers.TPESampler(constraints_func=slo_shortfall, multivariate=True)
+    return optuna.create_study(
+        storage=backend, study_name=study_name, direction="minimize", sampler=sampler, load_if_exists=True
+    )
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One trial: the controller with the suggested parameters over the tuning part."""
+
+    trace: Trace
+    config: Config
+    target_name: str | None
+    gpu_choices: tuple[GpuChoice, ...]
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        for name, dist in SEARCH_SPACE.items():
+            suggest = trial.suggest_int if isinstance(dist, IntDistribution) else trial.suggest_float
+            params[name] = suggest(name, dist.low, dist.high, log=dist.log)
+        if self.gpu_choices:
+            params[GPU_PARAM] = trial.suggest_categorical(GPU_PARAM, [c.profile for c in self.gpu_choices])
+        return params
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = tuned_config(self.config, self.target_name, self.suggest(trial), self.gpu_choices)
+        summary = simulate(self.trace, config, "controller", self.target_name).summary
+        required = pick_target(config, self.target_name).slo.attainment
+        trial.set_user_attr("slo_attainment", summary["slo_attainment"])
+        trial.set_user_attr("ttft_p99", summary["ttft_p99"])
+        trial.set_user_attr("slo_shortfall", required - summary["slo_attainment"])
+        return summary["cost_total"]
+
+
+def work(storage: str, study_name: str, trials: int, objective: Objective) -> None:
+    """A worker process: run its share of the trials against the shared study."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    open_study(storage, study_name).optimize(objective, n_trials=trials)
+
+
+def shares(trials: int, workers: int) -> list[int]:
+    workers = min(workers, trials)
+    return [trials // workers + (i < trials % workers) for i in range(workers)]
+
+
+def finished(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+
+
+def run_trials(
+    study: optuna.Study, storage: str, objective: Objective, options: TuneOptions,
+    on_trial: Callable[[int], None] | None,
+) -> None:  # fmt: skip
+    before = finished(study)
+    with ProcessPoolExecutor(max_workers=min(options.workers, options.trials)) as pool:
+        futures = [
+            pool.submit(work, storage, options.study_name, n, objective)
+            for n in shares(options.trials, options.workers)
+        ]
+        while wait(futures, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION).not_done:
+            if on_trial:
+                on_trial(min(finished(study) - before, options.trials))
+        for future in futures:
+            future.result()  # a worker's error surfaces here
+    if on_trial:
+        on_trial(options.trials)
+
+
+def best_feasible(study: optuna.Study, required: float) -> FrozenTrial:
+    try:
+        return study.best_trial
+    except ValueError:
+        done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        closest = max(done, key=lambda t: t.user_attrs["slo_attainment"])
+        raise TuneError(
+            f"none of the {len(done)} trials met the SLO attainment {required:.2%} on the tuning part "
+            f"(closest: trial {closest.number}, {closest.user_attrs['slo_attainment']:.2%} at "
+            f"${closest.value:.2f}); run more trials (same --storage and --study-name resumes)"
+        ) from None
+
+
+def pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials no other trial beats on both cost (lower) and SLO attainment (higher)."""
+    front: list[FrozenTrial] = []
+    for trial in sorted(trials, key=lambda t: (t.value, -t.user_attrs["slo_attainment"])):
+        if not front or trial.user_attrs["slo_attainment"] > front[-1].user_attrs["slo_attainment"]:
+            front.append(trial)
+    return front
+
+
+# ---- the whole run -------------------------------------------------------------------------
+def check_reachable(trace: Trace, config: Config, target_name: str | None) -> dict:
+    """Fail up front when even every pool at its maximum misses the SLO on the tuning part."""
+    summary = simulate(trace, max_capacity_config(config, target_name), "static", target_name).summary
+    target = pick_target(config, target_name)
+    if summary["slo_attainment"] < target.slo.attainment:
+        k8s, modal = target.kubernetes_pool, target.modal_pool
+        raise TuneError(
+            f"the SLO is out of reach: with every pool at its maximum "
+            f"({k8s.max_replicas if k8s else 0} Kubernetes replicas, "
+            f"{modal.max_containers if modal else 0} Modal containers) only "
+            f"{summary['slo_attainment']:.2%} of the tuning part's requests meet TTFT <= "
+            f"{target.slo.ttft_seconds} s, below the required {target.slo.attainment:.2%}; "
+            f"raise max_replicas / max_containers or relax the SLO of target {target.name!r}"
+        )
+    return summary
+
+
+def evaluate_held_out(
+    trace: Trace, config: Config, tuned: Config, target_name: str | None, workers: int
+) -> dict[str, dict]:
+    """Tuned vs default controller vs the baselines, on the part no trial has seen."""
+    specs = ["controller", *baselines_for(pick_target(config, target_name))]
+    results = compare(trace, config, specs, target_name, workers=min(workers, len(specs)))
+    summaries = {"default": results.pop("controller").summary}
+    summaries["tuned"] = simulate(trace, tuned, "controller", target_name).summary
+    return summaries | {name: result.summary for name, result in results.items()}
+
+
+def tune(
+    trace: Trace, config: Config, out: Path, options: TuneOptions,
+    on_trial: Callable[[int], None] | None = None,
+) -> dict:  # fmt: skip
+    """Run (or resume) the study, pick the cheapest trial that meets the SLO, check it on the
+    held-out part; write tuned.yaml, tune.json and pareto.png into `out`. Returns tune.json's data."""
+    started = time.perf_counter()
+    required = pick_target(config, options.target_name).slo.attainment
+    tuning, held_out = split_trace(trace, options.split)
+    max_capacity = check_reachable(tuning, config, options.target_name)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = options.storage or str(out / "study.journal")
+    study = open_study(storage, options.study_name)
+    check_same_setup(study, fingerprint(tuning, config, options), storage)
+    study.enqueue_trial(current_params(config, options), skip_if_exists=True)
+    run_trials(study, storage, Objective(tuning, config, options.target_name, options.gpu_choices), options, on_trial)
+
+    best = best_feasible(study, required)
+    tuned = tuned_config(config, options.target_name, best.params, options.gpu_choices)
+    held_out_summaries = evaluate_held_out(held_out, config, tuned, options.target_name, options.workers)
+    completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = pareto_front(completed)
+    report = {
+        "study": {"name": options.study_name, "storage": storage, "trials": len(study.trials)},
+        "trials_this_run": options.trials,
+        "wall_seconds": time.perf_counter() - started,
+        "split": options.split,
+        "tuning_part": part_info(tuning),
+        "held_out_part": part_info(held_out),
+        "slo_attainment_required": required,
+        "max_capacity_tuning_summary": max_capacity,
+        "best_trial": trial_info(best, required),
+        "held_out": held_out_summaries,
+        "pareto_front": [trial_info(t, required) for t in front],
+    }
+    write_outputs(out, tuned, report, completed, front, best, required)
+    return report
+
+
+def current_params(config: Config, options: TuneOptions) -> dict[str, Any]:
+    """The config's own values: the first trial, so the tuned config is never worse on the
+    tuning part than the one it starts from (when that one meets the SLO)."""
+    target = pick_target(config, options.target_name)
+    params = {name: getattr(target.policy.controller, name) for name in SEARCH_SPACE}
+    if target.profile in {c.profile for c in options.gpu_choices}:
+        params[GPU_PARAM] = target.profile
+    return params
+
+
+def check_same_setup(study: optuna.Study, setup: str, storage: str) -> None:
+    known = study.user_attrs.get("setup")
+    if known is None:
+        study.set_user_attr("setup", setup)
+    elif known != setup:
+        raise TuneError(
+            f"study {study.study_name!r} in {storage} was tuned on another trace, split, config or "
+            f"target; its trials cannot be compared with these: use another --study-name or --storage"
+        )
+
+
+def part_info(trace: Trace) -> dict:
+    return {"name": trace.name, "requests": len(trace), "duration_s": trace.duration_s}
+
+
+def trial_info(trial: FrozenTrial, required: float) -> dict:
+    attained = trial.user_attrs["slo_attainment"]
+    return {
+        "number": trial.number, "cost": trial.value, "slo_attainment": attained,
+        "ttft_p99": trial.user_attrs["ttft_p99"], "feasible": attained >= required, "params": trial.params,
+    }  # fmt: skip
+
+
+def write_outputs(
+    out: Path, tuned: Config, report: dict, trials: list[FrozenTrial], front: list[FrozenTrial],
+    best: FrozenTrial, required: float,
+) -> None:  # fmt: skip
+    (out / "tuned.yaml").write_text(
+        "# Written by `vllm-autoscaler tune`: the input config with the tuned policy.controller.\n"
+        + yaml.safe_dump(tuned.model_dump(mode="json"), sort_keys=False)
+    )
+    (out / "tune.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_pareto(trials, front, best, required, out / "pareto.png")
+
+
+def plot_pareto(
+    trials: list[FrozenTrial], front: list[FrozenTrial], best: FrozenTrial, required: float, path: Path
+) -> None:
+    def points(ts: list[FrozenTrial]) -> tuple[list[float], list[float]]:
+        return [t.value for t in ts], [100 * t.user_attrs["slo_attainment"] for t in ts]
+
+    feasible = [t for t in trials if t.user_attrs["slo_attainment"] >= required]
+    infeasible = [t for t in trials if t.user_attrs["slo_attainment"] < required]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.scatter(*points(infeasible), s=16, color="tab:red", alpha=0.5, label="misses the SLO")
+    ax.scatter(*points(feasible), s=16, color="tab:green", alpha=0.7, label="meets the SLO")
+    ax.step(*points(front), where="post", color="k", lw=1, label="Pareto front")
+    ax.scatter(*points([best]), s=140, marker="*", color="gold", edgecolor="k", zorder=3, label="chosen")
+    ax.axhline(100 * required, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("cost on the tuning part ($)")
+    ax.set_ylabel("requests within the TTFT SLO (%)")
+    ax.set_title(f"{len(trials)} trials: cost vs SLO attainment")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
