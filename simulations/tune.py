@@ -13,7 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..config.loader import validate_config
 from ..config.schema import Config, Target
 from ..controller.profile import load_profile
 from .run import compare, pick_target, simulate
-from .traces import Trace
+from .traces import Trace, slice_trace
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
@@ -151,24 +151,18 @@ def baselines_for(target: Target) -> list[str]:
 
 # ---- the trace -----------------------------------------------------------------------------
 def split_trace(trace: Trace, split: float) -> tuple[Trace, Trace]:
-    """The first `split` of the trace's duration to tune on, the rest (from t=0) to check on."""
+    """The first `split` of the trace's duration to tune on, the rest (re-based to 0) to check on."""
     if len(trace) == 0:
         raise TuneError(f"trace {trace.name!r} has no requests")
     cut = split * trace.duration_s
-    head = trace.arrival_s < cut
-    parts = (head, ~head)
-    labels = (f"{trace.name} [0, {cut:.0f} s)", f"{trace.name} [{cut:.0f} s, end]")
-    for mask, label, what in zip(parts, labels, ("tuning", "held-out")):
-        if not mask.any():
-            raise TuneError(
-                f"--split {split} leaves no requests in the {what} part ({label}) of "
-                f"{len(trace):,} requests over {trace.duration_s:.0f} s"
-            )
-    offsets = (0.0, cut)
-    return tuple(  # type: ignore[return-value]
-        Trace(trace.arrival_s[m] - off, trace.prompt_tokens[m], trace.output_tokens[m], name=label)
-        for m, off, label in zip(parts, offsets, labels)
-    )
+    try:
+        tuning, held_out = slice_trace(trace, 0.0, cut), slice_trace(trace, cut)
+    except ValueError as exc:
+        raise TuneError(
+            f"--split {split} of {len(trace):,} requests over {trace.duration_s:.0f} s leaves a part "
+            f"without requests ({exc})"
+        ) from None
+    return replace(tuning, name=f"{trace.name} (tuning part)"), replace(held_out, name=f"{trace.name} (held-out part)")
 
 
 def fingerprint(trace: Trace, config: Config, options: TuneOptions) -> str:
@@ -181,15 +175,12 @@ def fingerprint(trace: Trace, config: Config, options: TuneOptions) -> str:
 
 
 # ---- the study -----------------------------------------------------------------------------
-def slo_shortfall(trial: FrozenTrial) -> list[float]:
-    """The constraint (feasible when <= 0): required attainment minus the trial's."""
-    return [trial.user_attrs["slo_shortfall"]]
-
-
 def open_study(storage: str, study_name: str) -> optuna.Study:
     """Create the study, or load it to resume (the sampler is per process, not stored)."""
     backend = storage if "://" in storage else JournalStorage(JournalFileBackend(storage))
-    sampler = optuna.samplers.TPESampler(constraints_func=slo_shortfall, multivariate=True)
+    # TPE models feasibility from each trial's constraint (Trial.set_constraint): trials
+    # that miss the SLO inform the search but never become the best trial.
+    sampler = optuna.samplers.TPESampler(multivariate=True)
     return optuna.create_study(
         storage=backend, study_name=study_name, direction="minimize", sampler=sampler, load_if_exists=True
     )
@@ -219,7 +210,7 @@ class Objective:
         required = pick_target(config, self.target_name).slo.attainment
         trial.set_user_attr("slo_attainment", summary["slo_attainment"])
         trial.set_user_attr("ttft_p99", summary["ttft_p99"])
-        trial.set_user_attr("slo_shortfall", required - summary["slo_attainment"])
+        trial.set_constraint("slo_shortfall", required - summary["slo_attainment"])  # feasible <= 0
         return summary["cost_total"]
 
 
