@@ -33,7 +33,7 @@ from .run import compare, pick_target, simulate
 from .traces import Trace, slice_trace
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 # The decision core's parameters (config.schema.ControllerPolicy) and the ranges searched.
 SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution] = {

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from typer.testing import CliRunner
-
 from vllm_autoscaler.config.loader import load_config
 from vllm_autoscaler.controller.cli import app
 from vllm_autoscaler.simulations.run import simulate
@@ -142,8 +141,10 @@ def test_command_writes_the_outputs(tmp_path):
         (["--trials", "2", "--gpu-choice", "a10g-llama3-8b:cheap"], "expected PROFILE:K8S_PRICE_PER_GPU_HOUR"),
         (
             ["--trials", "2", "--set", "targets.0.slo.ttft_seconds=0.01"],
-            "the SLO is out of reach: with every pool at its maximum (20 Kubernetes replicas, "
-            "20 Modal containers) only 0.00% of the tuning part's requests meet TTFT <= 0.01 s",
+            (
+                "the SLO is out of reach: with every pool at its maximum (20 Kubernetes replicas, "
+                "20 Modal containers) only 0.00% of the tuning part's requests meet TTFT <= 0.01 s"
+            ),
         ),
     ],
 )
