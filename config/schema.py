@@ -163,6 +163,9 @@ class Target(Section):
     model: str = "meta-llama/Meta-Llama-3-8B-Instruct"
     # A shipped profile name (config/profiles/NAME.yaml) or a path to a profile YAML.
     profile: str = "a10g-llama3-8b"
+    # Prometheus label matchers picking this target's vLLM series (regexes, e.g.
+    # {model_name: ...}); merged over metrics.prometheus.selector, this one winning.
+    selector: dict[str, str] = Field(default_factory=dict)
     slo: Slo = Slo()
     kubernetes: KubernetesPool | None = KubernetesPool()
     modal: ModalPool | None = ModalPool()
@@ -216,6 +219,32 @@ class Metrics(Section):
     direct: DirectScrapeSource = DirectScrapeSource()
 
 
+class LeaderElection(Section):
+    """Run several controller replicas: only the holder of this Lease actuates.
+
+    Timings as client-go's leader election: the holder renews every `retry_period_seconds`
+    and stops actuating if it could not renew for `renew_deadline_seconds`; a standby takes
+    over once the Lease has not been renewed for `lease_duration_seconds`.
+    """
+
+    enabled: bool = True
+    namespace: str = "default"
+    lease_name: str = "vllm-autoscaler"
+    lease_duration_seconds: Annotated[int, Field(ge=1)] = 15
+    renew_deadline_seconds: PositiveFloat = 10
+    retry_period_seconds: PositiveFloat = 2
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElection:
+        if not self.retry_period_seconds < self.renew_deadline_seconds < self.lease_duration_seconds:
+            raise ValueError(
+                "need retry_period_seconds < renew_deadline_seconds < lease_duration_seconds, got "
+                f"{self.retry_period_seconds}, {self.renew_deadline_seconds}, "
+                f"{self.lease_duration_seconds}"
+            )
+        return self
+
+
 class Simulation(Section):
     """The simulated world: how requests are routed, measured and given up on."""
 
@@ -240,6 +269,7 @@ class Config(Section):
     targets: list[Target] = Field(default_factory=lambda: [Target()], min_length=1)
     metrics: Metrics = Metrics()
     simulation: Simulation = Simulation()
+    leader_election: LeaderElection = LeaderElection()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -248,4 +278,14 @@ class Config(Section):
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ValueError(f"target names must be unique, repeated: {dupes}")
+        return self
+
+    @model_validator(mode="after")
+    def _direct_scrape_serves_one_target(self) -> Config:
+        # A direct scrape reads every listed replica whole: it cannot tell models apart.
+        if self.metrics.source == "direct" and len(self.targets) > 1:
+            raise ValueError(
+                f"metrics.source 'direct' serves one target, got {len(self.targets)}: "
+                "use metrics.source 'prometheus' with a selector per target"
+            )
         return self
