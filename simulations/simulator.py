@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 import numpy as np
 
@@ -302,8 +303,7 @@ class Simulation:
         return summarise(self, wall_s)
 
 
-def engine_load(server: Server) -> int:
-    return server.engine.load
+engine_load = attrgetter("engine.load")
 
 
 class Router:

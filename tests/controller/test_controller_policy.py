@@ -1,0 +1,133 @@
+"""The product's policy: bounds, per-tick limits, monotonicity and holding on stale input."""
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vllm_autoscaler.config.loader import load_config
+from vllm_autoscaler.controller.policies.autoscaler import ControllerPolicy
+from vllm_autoscaler.controller.profile import load_profile
+from vllm_autoscaler.controller.types import Observation, PoolState, Sample
+
+TICK = 15.0
+PROFILE = load_profile("a10g-llama3-8b")
+
+
+def policy(*overrides: str) -> ControllerPolicy:
+    config = load_config(overrides=list(overrides))
+    return ControllerPolicy(config.targets[0], TICK, PROFILE)
+
+
+def observe(now, rate, k8s=(2, 0, 2), modal=(0, 0, 0), ttft=1.0, waiting=0.0, age=0.0):
+    at = now - age
+
+    def s(v):
+        return Sample(v, at)
+
+    return Observation(
+        time=now,
+        kubernetes=PoolState(*k8s, at=now),
+        modal=PoolState(*modal, at=now),
+        running=s(rate * 5), waiting=s(waiting), kv_usage_mean=s(0.3), kv_usage_max=s(0.5),
+        ttft_p50=s(ttft / 3), ttft_p95=s(ttft / 1.5), ttft_p99=s(ttft),
+        itl_p50=s(0.04), itl_p95=s(0.05), itl_p99=s(0.06),
+        arrival_rate=s(rate), prompt_tokens_rate=s(rate * 1000), output_tokens_rate=s(rate * 200),
+        replicas_reporting=s(2.0),
+    )  # fmt: skip
+
+
+def replay(p: ControllerPolicy, rates, start=0.0):
+    """Feed rates tick by tick, with pools that follow the decisions at once."""
+    decisions, k8s, modal = [], 0, 0
+    for i, rate in enumerate(rates):
+        now = start + i * TICK
+        d = p.decide(observe(now, rate, (k8s, 0, k8s), (modal, 0, modal)), now)
+        k8s = d.kubernetes_replicas if d.kubernetes_replicas is not None else k8s
+        modal = d.modal_min_containers if d.modal_min_containers is not None else modal
+        decisions.append(d)
+    return decisions
+
+
+rates = st.lists(st.floats(min_value=0, max_value=80, allow_nan=False), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rates)
+def test_bounds_and_per_tick_limits_always_hold(series):
+    p = policy("targets.0.kubernetes.min_replicas=1", "targets.0.kubernetes.max_replicas=12",
+               "targets.0.modal.max_containers=9")
+    params = p.p
+    previous = None
+    for d in replay(p, series):
+        assert 1 <= d.kubernetes_replicas <= 12
+        assert 0 <= d.modal_min_containers <= 9
+        assert d.modal_buffer_containers >= 0
+        if previous is not None:
+            change = d.kubernetes_replicas - previous
+            assert -params.max_scale_down_per_tick <= change <= params.max_scale_up_per_tick
+        previous = d.kubernetes_replicas
+        assert d.reason.summary and d.reason.driver
+
+
+@settings(max_examples=150, deadline=None)
+@given(rates, st.floats(min_value=0, max_value=80), st.floats(min_value=0, max_value=40))
+def test_desired_capacity_never_falls_as_load_rises(history, last, extra):
+    for setup in ([], ["targets.0.modal.enabled=false"], ["targets.0.kubernetes.enabled=false"]):
+        low, high = policy(*setup), policy(*setup)
+        replay(low, history)
+        replay(high, history)
+        now = len(history) * TICK
+        obs_low = observe(now, last, (3, 0, 3), (1, 0, 1))
+        obs_high = observe(now, last + extra, (3, 0, 3), (1, 0, 1))
+        a, b = low.decide(obs_low, now), high.decide(obs_high, now)
+        total = lambda d: (d.kubernetes_replicas or 0) + (d.modal_min_containers or 0)  # noqa: E731
+        assert total(b) >= total(a)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rates, st.sampled_from(["missing", "stale", "nan", "negative"]))
+def test_missing_or_stale_input_never_scales_down(history, fault):
+    p = policy()
+    decisions = replay(p, history)
+    now = len(history) * TICK
+    last = decisions[-1]
+    k8s, modal = last.kubernetes_replicas, last.modal_min_containers
+    if fault == "missing":
+        obs = Observation(time=now, kubernetes=PoolState(k8s, 0, k8s, now), modal=PoolState(modal, 0, modal, now))
+    elif fault == "stale":
+        obs = observe(now, 0.0, (k8s, 0, k8s), (modal, 0, modal), age=10 * p.p.stale_after_seconds)
+    else:
+        obs = observe(now, math.nan if fault == "nan" else -5.0, (k8s, 0, k8s), (modal, 0, modal))
+    held = p.decide(obs, now)
+    assert held.reason.driver == "hold"
+    assert held.kubernetes_replicas >= k8s
+    assert held.modal_min_containers >= modal
+
+
+def test_first_decision_without_metrics_holds_current_capacity():
+    p = policy()
+    obs = Observation(time=0.0, kubernetes=PoolState(4, 1, 5, 0.0), modal=PoolState(2, 0, 2, 0.0))
+    d = p.decide(obs, 0.0)
+    assert (d.kubernetes_replicas, d.modal_min_containers) == (5, 2)
+    assert d.reason.driver == "hold"
+
+
+def test_a_burst_in_the_last_tick_scales_up_at_once():
+    p = policy("targets.0.modal.enabled=false")
+    before = replay(p, [2.0] * 40)[-1].kubernetes_replicas
+    now = 40 * TICK
+    burst = p.decide(observe(now, 20.0, (before, 0, before)), now)
+    assert burst.kubernetes_replicas > before
+
+
+def test_slo_pressure_adds_capacity_even_when_the_forecast_says_enough():
+    calm, pressed = policy("targets.0.modal.enabled=false"), policy("targets.0.modal.enabled=false")
+    replay(calm, [5.0] * 30)
+    replay(pressed, [5.0] * 30)
+    for i in range(30, 50):
+        now = i * TICK
+        a = calm.decide(observe(now, 5.0, (4, 0, 4), ttft=1.0), now)
+        b = pressed.decide(observe(now, 5.0, (4, 0, 4), ttft=10.0, waiting=30), now)
+    assert b.kubernetes_replicas > a.kubernetes_replicas
+    assert b.reason.driver == "pressure"
