@@ -81,9 +81,14 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def _positive(**values: float) -> None:
+    for name, value in values.items():
+        _check(value > 0, f"{name} must be > 0, got {value}")
+
+
 def _piecewise_poisson(rng: np.random.Generator, starts: np.ndarray, rates: np.ndarray,
                        duration_s: float) -> np.ndarray:
-    """Sorted Poisson arrivals at rates[i] on [starts[i], starts[i + 1]), the last up to duration_s."""  # fmt: skip
+    """Sorted Poisson arrivals at rates[i] during [starts[i], starts[i + 1]) (up to duration_s)."""
     lengths = np.diff(starts, append=duration_s)
     segment = np.repeat(np.arange(len(starts)), rng.poisson(rates * lengths))
     arrivals = starts[segment] + rng.random(len(segment)) * lengths[segment]
@@ -99,7 +104,7 @@ def _trace(rng: np.random.Generator, arrivals: np.ndarray, tokens: TokensSpec, n
 
 def poisson(rate_per_s: float = 10.0, duration_s: float = 3600.0, *, seed: int = 0,
             tokens: TokensSpec = None) -> Trace:  # fmt: skip
-    _check(rate_per_s > 0 and duration_s > 0, f"need rate_per_s > 0 and duration_s > 0, got {rate_per_s}, {duration_s}")
+    _positive(rate_per_s=rate_per_s, duration_s=duration_s)
     rng = np.random.default_rng(seed)
     arrivals = _piecewise_poisson(rng, np.array([0.0]), np.array([rate_per_s]), duration_s)
     return _trace(rng, arrivals, tokens, f"poisson-{rate_per_s:g}rps")
@@ -116,9 +121,9 @@ def diurnal(mean_rate: float = 10.0, peak_to_trough: float = 4.0, duration_s: fl
             period_s: float = 86400.0, *, trough_at_s: float = 0.0, seed: int = 0,
             tokens: TokensSpec = None) -> Trace:  # fmt: skip
     """Rate swings between mean*2/(1+r) at trough_at_s and mean*2r/(1+r) half a period later."""
-    _check(mean_rate > 0 and duration_s > 0 and period_s > 0,
-           f"need mean_rate, duration_s, period_s > 0, got {mean_rate}, {duration_s}, {period_s}")
-    _check(1 <= peak_to_trough < np.inf, f"peak_to_trough must be finite and >= 1, got {peak_to_trough}")
+    _positive(mean_rate=mean_rate, duration_s=duration_s, period_s=period_s)
+    _check(1 <= peak_to_trough < np.inf,
+           f"peak_to_trough must be finite and >= 1, got {peak_to_trough}")  # fmt: skip
     rng = np.random.default_rng(seed)
     peak = mean_rate * 2 * peak_to_trough / (1 + peak_to_trough)
     candidates = _piecewise_poisson(rng, np.array([0.0]), np.array([peak]), duration_s)
@@ -133,7 +138,7 @@ def step(rates: Sequence[float] = (5.0, 20.0, 5.0), step_duration_s: float = 600
     rates = np.asarray(rates, dtype=float)
     _check(rates.ndim == 1 and len(rates) > 0 and bool((rates >= 0).all()),
            f"rates must be a non-empty list of rates >= 0, got {rates.tolist()}")
-    _check(step_duration_s > 0, f"step_duration_s must be > 0, got {step_duration_s}")
+    _positive(step_duration_s=step_duration_s)
     rng = np.random.default_rng(seed)
     starts = np.arange(len(rates)) * float(step_duration_s)
     arrivals = _piecewise_poisson(rng, starts, rates, len(rates) * float(step_duration_s))
@@ -158,8 +163,7 @@ def bursty(base_rate_per_s: float = 5.0, burst_multiplier: float = 10.0, mean_bu
            tokens: TokensSpec = None) -> Trace:  # fmt: skip
     """MMPP: base rate, or base * burst_multiplier during bursts; bursts last mean_burst_s on
     average (exponential) and take burst_fraction of the time in the long run."""
-    _check(base_rate_per_s > 0 and mean_burst_s > 0 and duration_s > 0,
-           f"need base_rate_per_s, mean_burst_s, duration_s > 0, got {base_rate_per_s}, {mean_burst_s}, {duration_s}")
+    _positive(base_rate_per_s=base_rate_per_s, mean_burst_s=mean_burst_s, duration_s=duration_s)
     _check(burst_multiplier >= 1, f"burst_multiplier must be >= 1, got {burst_multiplier}")
     _check(0 < burst_fraction < 1, f"burst_fraction must be in (0, 1), got {burst_fraction}")
     rng = np.random.default_rng(seed)

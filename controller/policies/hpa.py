@@ -56,10 +56,7 @@ def metric_replicas(average: float, target: float, with_metrics: int, missing: i
     new_ratio = total / (pods * target)
     if abs(1 - new_ratio) <= tolerance or (ratio < 1 < new_ratio) or (ratio > 1 > new_ratio):
         return current
-    desired = _ceil(new_ratio * pods)
-    if (new_ratio < 1 and desired > current) or (new_ratio > 1 and desired < current):
-        return current
-    return desired
+    return _ceil(new_ratio * pods)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +93,7 @@ class HpaPolicy:
 
     def decide(self, observation: Observation, now: float) -> Decision:
         # The controller manager syncs each HPA once per period; calls in between repeat it.
-        if self.last is None or now >= self.next_sync:
+        if now >= self.next_sync:
             self.last = self._reconcile(observation, now)
             self.next_sync = now + self.sync_period_s - SYNC_SLACK_S
         return self.last
@@ -107,8 +104,10 @@ class HpaPolicy:
 
     def _reconcile(self, obs: Observation, now: float) -> Decision:
         pods = obs.kubernetes
-        if self.pool is None or pods is None:
+        if self.pool is None:
             return self._decision(None, "no Kubernetes pool to scale")
+        if pods is None:
+            return self._decision(None, "Kubernetes pool state unknown: leave it as it is")
         current = pods.desired
         if not self.recommendations:
             self.recommendations.append(_Timed(now, current))
@@ -138,16 +137,21 @@ class HpaPolicy:
         """The per-pod average and how many ready Kubernetes pods it stands for."""
         reporting = obs.replicas_reporting.value
         reporting = pods.ready if reporting is None else int(reporting)
-        running, waiting = obs.running.value, obs.waiting.value
-        total = {
-            "running": running,
-            "waiting": waiting,
-            "running_plus_waiting": None if running is None or waiting is None else running + waiting,
-            "kv_usage": None if obs.kv_usage_mean.value is None else obs.kv_usage_mean.value * reporting,
-        }[self.p.metric]
+        total = self._total(obs, reporting)
         if total is None or reporting <= 0 or pods.ready <= 0:
             return None, 0
         return total / reporting, min(reporting, pods.ready)
+
+    def _total(self, obs: Observation, reporting: int) -> float | None:
+        """The metric summed over the reporting replicas; None when missing."""
+        running, waiting, kv_usage = obs.running.value, obs.waiting.value, obs.kv_usage_mean.value
+        if self.p.metric == "running":
+            return running
+        if self.p.metric == "waiting":
+            return waiting
+        if self.p.metric == "kv_usage":  # a mean over the replicas
+            return None if kv_usage is None else kv_usage * reporting
+        return None if running is None or waiting is None else running + waiting
 
     def _stabilize(self, now: float, current: int, recommended: int) -> int:
         """Bound the recommendation by the lowest of the scale-up window and the highest of
@@ -156,9 +160,9 @@ class HpaPolicy:
         down_cutoff = now - self.p.scale_down_stabilization_seconds
         lowest = min([recommended, *(r.value for r in self.recommendations if r.at > up_cutoff)])
         highest = max([recommended, *(r.value for r in self.recommendations if r.at > down_cutoff)])
-        self.recommendations.append(_Timed(now, recommended))
-        while self.recommendations[0].at <= min(up_cutoff, down_cutoff):
+        while self.recommendations and self.recommendations[0].at <= min(up_cutoff, down_cutoff):
             self.recommendations.popleft()
+        self.recommendations.append(_Timed(now, recommended))
         return min(max(current, lowest), highest)
 
     def _changed_in_period(self, events: deque[_Timed], now: float) -> int:
@@ -166,9 +170,11 @@ class HpaPolicy:
 
     def _limit_rate(self, now: float, current: int, desired: int) -> tuple[int, str]:
         """The desired count within the behaviour policies and [min, max], and why it was cut."""
-        start = current - self._changed_in_period(self.scale_ups, now) + self._changed_in_period(self.scale_downs, now)
+        added = self._changed_in_period(self.scale_ups, now)
+        start = current - added + self._changed_in_period(self.scale_downs, now)
         if desired > current:
-            up_limit = max(_ceil(start * (1 + self.p.scale_up_percent / 100)), start + self.p.scale_up_pods)
+            by_percent = _ceil(start * (1 + self.p.scale_up_percent / 100))
+            up_limit = max(by_percent, start + self.p.scale_up_pods)
             allowed = min(max(up_limit, current), self.max)
             if desired > allowed:
                 return allowed, " (scale-up limit)" if allowed < self.max else " (max replicas)"

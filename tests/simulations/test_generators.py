@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from vllm_autoscaler.simulations.generators import (
     GENERATORS,
     bursty,
@@ -20,11 +19,11 @@ from vllm_autoscaler.simulations.traces import load_trace
 AZURE_CONV = Path(__file__).resolve().parents[1] / "data" / "traces" / "azure_conv_head.csv"
 # Short, cheap parameters for each registered generator.
 SMALL = {
-    "poisson": dict(rate_per_s=5, duration_s=600),
-    "diurnal": dict(mean_rate=5, peak_to_trough=3, duration_s=600, period_s=600),
-    "step": dict(rates=[1, 8, 2], step_duration_s=200),
-    "bursty": dict(base_rate_per_s=2, burst_multiplier=5, mean_burst_s=60, burst_fraction=0.2, duration_s=600),
-    "spiky": dict(base_rate_per_s=2, peak_rate_per_s=10, duration_s=3600, mean_burst_s=300),
+    "poisson": {"rate_per_s": 5, "duration_s": 600},
+    "diurnal": {"mean_rate": 5, "peak_to_trough": 3, "duration_s": 600, "period_s": 600},
+    "step": {"rates": [1, 8, 2], "step_duration_s": 200},
+    "bursty": {"base_rate_per_s": 2, "burst_multiplier": 5, "mean_burst_s": 60, "burst_fraction": 0.2, "duration_s": 600},
+    "spiky": {"base_rate_per_s": 2, "peak_rate_per_s": 10, "duration_s": 3600, "mean_burst_s": 300},
 }  # fmt: skip
 
 
@@ -149,14 +148,14 @@ def test_tokens_resampled_from_a_trace(source):
 @pytest.mark.parametrize(
     ("kind", "params", "message"),
     [
-        ("poisson", dict(rate_per_s=0), "need rate_per_s > 0"),
-        ("diurnal", dict(peak_to_trough=0.5), "peak_to_trough must be finite and >= 1"),
-        ("step", dict(rates=[]), "rates must be a non-empty list"),
-        ("step", dict(rates=[1, -2]), "rates must be a non-empty list of rates >= 0"),
-        ("bursty", dict(burst_fraction=1.0), r"burst_fraction must be in \(0, 1\)"),
-        ("bursty", dict(burst_multiplier=0.5), "burst_multiplier must be >= 1"),
-        ("spiky", dict(base_rate_per_s=5, peak_rate_per_s=1), "need peak_rate_per_s >= base_rate_per_s"),
-        ("poisson", dict(tokens={"prompt_mean": 0}), "token mean must be >= 1"),
+        ("poisson", {"rate_per_s": 0}, "rate_per_s must be > 0, got 0"),
+        ("diurnal", {"peak_to_trough": 0.5}, "peak_to_trough must be finite and >= 1"),
+        ("step", {"rates": []}, "rates must be a non-empty list"),
+        ("step", {"rates": [1, -2]}, "rates must be a non-empty list of rates >= 0"),
+        ("bursty", {"burst_fraction": 1.0}, r"burst_fraction must be in \(0, 1\)"),
+        ("bursty", {"burst_multiplier": 0.5}, "burst_multiplier must be >= 1"),
+        ("spiky", {"base_rate_per_s": 5, "peak_rate_per_s": 1}, "need peak_rate_per_s >= base_rate_per_s"),
+        ("poisson", {"tokens": {"prompt_mean": 0}}, "token mean must be >= 1"),
     ],
 )
 def test_bad_parameters_are_clear_errors(kind, params, message):

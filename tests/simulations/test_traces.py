@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from vllm_autoscaler.simulations.traces import (
     TraceError,
     load_trace,
@@ -127,13 +126,13 @@ BAD_ROWS = {
     "negative-output": (AZURE_HEADER, GOOD_AZURE, "2023-11-16 18:17:05.5,12,-3",
                         "GeneratedTokens must be >= 0 (got '-3')"),
     "bad-timestamp": (AZURE_HEADER, GOOD_AZURE, "2023-11-16 25:17:05.5,12,3",
-                      "TIMESTAMP is not a date and time like 2023-11-16 18:17:03.9799600 "
-                      "(got '2023-11-16 25:17:05.5')"),
+                      ("TIMESTAMP is not a date and time like 2023-11-16 18:17:03.9799600 "
+                      "(got '2023-11-16 25:17:05.5')")),
     "missing-timestamp": (AZURE_HEADER, GOOD_AZURE, ",12,3",
                           "TIMESTAMP is not a date and time like 2023-11-16 18:17:03.9799600 (got '')"),
     "too-few-columns": (AZURE_HEADER, GOOD_AZURE, "2023-11-16 18:17:05.5,12",
-                        "expected 3 columns (TIMESTAMP,ContextTokens,GeneratedTokens), got 2 "
-                        "(got '2023-11-16 18:17:05.5,12')"),
+                        ("expected 3 columns (TIMESTAMP,ContextTokens,GeneratedTokens), got 2 "
+                        "(got '2023-11-16 18:17:05.5,12')")),
     "too-many-columns": (AZURE_HEADER, GOOD_AZURE, "2023-11-16 18:17:05.5,12,3,4",
                          "expected 3 columns (TIMESTAMP,ContextTokens,GeneratedTokens), got 4"),
     "backwards": (AZURE_HEADER, GOOD_AZURE, "2023-11-16 18:17:03.0,12,3",
