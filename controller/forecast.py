@@ -1,7 +1,7 @@
 """Arrival-rate forecast with an upper band, over each pool's lead time.
 
 Holt's linear smoothing (level + trend) of the measured rate, a seasonal-naive term once a
-full season (a day) of history exists, and an EWMA of absolute one-step errors for the band.
+full season (a day) of history exists, and an EWMA of one-step under-forecasts for the band.
 A burst seen in the latest tick is never averaged away: the band's top is at least the
 latest measurement.
 """
@@ -46,7 +46,11 @@ class RateForecaster:
             self.level = rate
         else:
             predicted = self.level + self.trend * self.tick_s
-            self.error += self.error_alpha * (abs(rate - predicted) - self.error)
+            # Only under-forecasts widen the upper band (doubled to the scale of a mean
+            # absolute error): a higher measurement can then never narrow it, which keeps
+            # the desired capacity monotone in the load.
+            under = 2 * max(rate - predicted, 0.0)
+            self.error += self.error_alpha * (under - self.error)
             level = self.alpha * rate + (1 - self.alpha) * predicted
             step_trend = (level - self.level) / self.tick_s
             self.trend += self.beta * (step_trend - self.trend)

@@ -27,6 +27,9 @@ class PoolGuard:
         self.recent: deque[tuple[float, int]] = deque()
 
     def apply(self, recommended: int, current: int, now: float) -> int:
+        return min(max(self._limit(recommended, current, now), self.minimum), self.maximum)
+
+    def _limit(self, recommended: int, current: int, now: float) -> int:
         recommended = min(max(recommended, self.minimum), self.maximum)
         if not self.recent:  # no history yet: what runs now counts as recommended
             self.recent.append((now, current))
