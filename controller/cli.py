@@ -253,5 +253,31 @@ def check_config(
     console.print(f"{path}: ok ({len(cfg.targets)} target(s))")
 
 
+@app.command()
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: Annotated[bool, typer.Option(help="Log what would change; write nothing")] = False,
+    port: Annotated[int, typer.Option(help="HTTP port of /healthz, /readyz, /metrics")] = 8080,
+    host: Annotated[str, typer.Option(help="Address the HTTP port listens on")] = "0.0.0.0",
+    kubeconfig: Annotated[
+        Optional[Path], typer.Option(help="Kubeconfig (default: in-cluster, $KUBECONFIG)")
+    ] = None,
+) -> None:
+    """Run the controller: every tick, observe each target, decide, scale its pools."""
+    from .daemon import Daemon, StartupError, run_daemon
+
+    cfg = _config(config, set_)
+    try:
+        daemon = Daemon(
+            cfg, config_path=config, overrides=set_ or [], dry_run=dry_run,
+            kubeconfig=str(kubeconfig) if kubeconfig else None, host=host, port=port,
+        )  # fmt: skip
+        code = run_daemon(daemon)
+    except StartupError as exc:
+        fail(str(exc))
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
