@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -195,6 +196,14 @@ def test_small_disorder_is_sorted_not_an_error(tmp_path):
     trace = load_trace(write(tmp_path, AZURE_HEADER, rows))
     np.testing.assert_array_equal(trace.prompt_tokens, [2, 1, 3])
     assert trace.arrival_s[0] == 0.0 and np.all(np.diff(trace.arrival_s) >= 0)
+
+
+def test_azure_utc_offsets_are_applied_quietly(tmp_path):
+    rows = ["2024-05-10 00:00:00.5+00:00,10,1", "2024-05-10 02:00:01.5+02:00,10,1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        trace = load_trace(write(tmp_path, AZURE_HEADER, rows))
+    np.testing.assert_array_equal(trace.arrival_s, [0.0, 1.0])
 
 
 def test_azure_zero_output_tokens_read_as_one(tmp_path):
