@@ -1,0 +1,206 @@
+"""Both metric sources against a real CPU vLLM server under a real burst, and real Prometheus.
+
+One burst is sent (module fixture `burst`) while both sources are polled; the tests then check
+what each saw against each other and against what the client measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+from fixtures.realparts import (
+    MAX_NUM_SEQS,
+    MODEL_NAME,
+    Completion,
+    PrometheusServer,
+    VllmServer,
+    send_completions,
+)
+from prometheus_api_client import PrometheusConnect
+from vllm_autoscaler.config.schema import PrometheusSource
+from vllm_autoscaler.controller.types import Observation
+from vllm_autoscaler.metrics.common import (
+    QUANTILES,
+    MetricsUnavailable,
+    histogram_quantile,
+)
+from vllm_autoscaler.metrics.prometheus import PrometheusMetrics
+from vllm_autoscaler.metrics.scrape import ScrapeMetrics, parse_replica, static_targets
+from vllm_autoscaler.metrics.vllm_names import Signal
+
+pytestmark = pytest.mark.realparts
+
+REQUESTS, MAX_TOKENS = 64, 128  # ~4 s on 2 cores, with most requests queued at first
+SELECTOR = {"model_name": MODEL_NAME}
+SCRAPE_INTERVAL_S = 1.0  # the fixture's Prometheus
+
+
+def prometheus_source(url: str, window_s: float, **selector: str) -> PrometheusMetrics:
+    return PrometheusMetrics(PrometheusSource(
+        url=url, selector=selector or SELECTOR, rate_window=f"{math.ceil(window_s)}s"))
+
+
+@dataclass(frozen=True)
+class Burst:
+    completions: list[Completion]
+    before: dict[str, Observation]  # by source: "prometheus", "scrape", "spanning"
+    polled: dict[str, list[Observation]]  # during the burst
+    after: dict[str, Observation]  # over a window holding the whole burst and nothing else
+    window_s: float  # the Prometheus window of `after`
+    ttft_bounds: list[float]  # the TTFT histogram's bucket upper bounds
+
+
+async def record_burst(vllm: str, prometheus: str) -> Burst:
+    polling = {"prometheus": prometheus_source(prometheus, 10),
+               "scrape": ScrapeMetrics(static_targets([vllm]), timeout_s=5)}
+    spanning = ScrapeMetrics(static_targets([vllm]), timeout_s=5)  # before and after only
+
+    async def poll() -> dict[str, Observation]:
+        sources = list(polling)
+        return dict(zip(sources, await asyncio.gather(*(polling[s].collect() for s in sources))))
+
+    spanning_before = await spanning.collect()
+    # Quiet first, so that the window computed after the burst sees nothing older.
+    await asyncio.sleep(3 * SCRAPE_INTERVAL_S)
+    before = {**await poll(), "spanning": spanning_before}
+    started = time.time()
+    load = asyncio.create_task(send_completions(vllm, REQUESTS, MAX_TOKENS))
+    polled: dict[str, list[Observation]] = {source: [] for source in polling}
+    while not load.done():
+        for source, observation in (await poll()).items():
+            polled[source].append(observation)
+        await asyncio.sleep(0.25)
+    completions = await load
+    scrape_after = await spanning.collect()
+    await asyncio.sleep(2.5 * SCRAPE_INTERVAL_S)  # Prometheus scrapes the end of the burst
+    window_s = time.time() - started + 2 * SCRAPE_INTERVAL_S
+    prometheus_after = await prometheus_source(prometheus, window_s).collect()
+    await polling["scrape"].aclose()
+    await spanning.aclose()
+    bounds = sorted(parse_replica(await _metrics_text(vllm), 0).histograms[Signal.TTFT])
+    return Burst(completions, before, polled,
+                 {"prometheus": prometheus_after, "scrape": scrape_after},
+                 math.ceil(window_s), bounds)
+
+
+async def _metrics_text(vllm: str) -> str:
+    async with aiohttp.ClientSession() as session, session.get(f"{vllm}/metrics") as response:
+        return await response.text()
+
+
+@pytest.fixture(scope="module")
+def burst(vllm_server: str, prometheus_server: PrometheusServer) -> Burst:
+    return asyncio.run(record_burst(vllm_server, prometheus_server.url))
+
+
+@pytest.mark.parametrize("source", ["prometheus", "scrape"])
+def test_a_burst_raises_running_waiting_and_kv_usage(burst: Burst, source: str):
+    before, polled = burst.before[source], burst.polled[source]
+    assert (before.running.value, before.waiting.value, before.kv_usage_max.value) == (0, 0, 0)
+    peak_running = max(o.running.value for o in polled if o.running.value is not None)
+    assert 0 < peak_running <= MAX_NUM_SEQS
+    assert max(o.waiting.value or 0 for o in polled) > 0  # more requests than max_num_seqs
+    assert max(o.kv_usage_max.value or 0 for o in polled) > 0
+    assert all(o.replicas_reporting.value == 1 for o in polled)
+
+
+def client_quantile(completions: list[Completion], q: float) -> float:
+    ttfts = sorted(c.ttft for c in completions)
+    return ttfts[math.ceil(q * len(ttfts)) - 1]
+
+
+@pytest.mark.parametrize("source", ["prometheus", "scrape"])
+def test_ttft_quantiles_agree_with_what_the_client_measured(burst: Burst, source: str):
+    after = burst.after[source]
+    for p, q in QUANTILES.items():
+        estimate = getattr(after, f"ttft_{p}").value
+        # The estimate interpolates inside the bucket holding the true quantile: the client's
+        # figure must lie in that bucket, give or take its own HTTP overhead.
+        upper = next(b for b in burst.ttft_bounds if b >= estimate)
+        lower = max((b for b in burst.ttft_bounds if b < upper), default=0.0)
+        measured = client_quantile(burst.completions, q)
+        assert lower <= measured <= upper + 0.1, (p, estimate, measured, lower, upper)
+
+
+def test_the_scrape_window_holds_exactly_the_burst(burst: Burst):
+    before, after = burst.before["spanning"], burst.after["scrape"]
+    assert before.arrival_rate.value is None  # a first collection has no window
+    window = after.arrival_rate.at - before.arrival_rate.at
+    assert after.arrival_rate.value * window == pytest.approx(REQUESTS)
+    assert after.output_tokens_rate.value * window == pytest.approx(REQUESTS * MAX_TOKENS)
+
+
+def test_the_two_sources_agree(burst: Burst):
+    prometheus, scrape = burst.after["prometheus"], burst.after["scrape"]
+    for field in [f"{h}_{p}" for h in ("ttft", "itl") for p in QUANTILES]:
+        assert getattr(prometheus, field).value == pytest.approx(
+            getattr(scrape, field).value, rel=0.15), field
+    # Rates over different windows differ; their ratio is a property of the burst.
+    for source in (prometheus, scrape):
+        ratio = source.output_tokens_rate.value / source.arrival_rate.value
+        assert ratio == pytest.approx(MAX_TOKENS, rel=0.05)
+    assert prometheus.replicas_reporting.value == scrape.replicas_reporting.value == 1
+
+
+def test_our_histogram_quantile_is_prometheus_histogram_quantile(
+        burst: Burst, prometheus_server: PrometheusServer):
+    client = PrometheusConnect(prometheus_server.url)
+    at = {"time": str(time.time())}
+    buckets_query = ("sum by (le) (rate(vllm:time_to_first_token_seconds_bucket"
+                     f'{{model_name="{MODEL_NAME}"}}[{burst.window_s + 60}s]))')
+    buckets = {float(r["metric"]["le"]): float(r["value"][1])
+               for r in client.custom_query(buckets_query, params=at)}
+    assert buckets[math.inf] > 0
+    for q in (0.1, *QUANTILES.values()):
+        (theirs,) = client.custom_query(f"histogram_quantile({q}, {buckets_query})", params=at)
+        assert histogram_quantile(q, buckets) == pytest.approx(float(theirs["value"][1]))
+
+
+async def test_the_selector_picks_the_series(prometheus_server: PrometheusServer):
+    matched = await prometheus_source(prometheus_server.url, 30, model_name="tiny-.*").collect()
+    assert matched.replicas_reporting.value == 1 and matched.running.value is not None
+    other = await prometheus_source(prometheus_server.url, 30, model_name="other").collect()
+    assert other.replicas_reporting.value == 0  # Prometheus answered: no replica has it
+    assert other.running.value is None and other.kv_usage_mean.value is None
+
+
+async def test_a_stopped_prometheus_is_a_clear_error(prometheus_server: PrometheusServer):
+    source = prometheus_source(prometheus_server.url, 30)
+    prometheus_server.stop()
+    try:
+        with pytest.raises(MetricsUnavailable, match="unreachable") as error:
+            await source.collect()
+        assert prometheus_server.url in str(error.value)
+    finally:
+        prometheus_server.start()
+    assert (await source.collect()).running.value is not None  # back once it is
+
+
+async def test_a_killed_vllm_server_is_not_counted_as_zeros(
+        vllm_server: str, own_vllm_server: VllmServer):
+    both = ScrapeMetrics(static_targets([vllm_server, own_vllm_server.url]), timeout_s=5)
+    assert (await both.collect()).replicas_reporting.value == 2
+    own_vllm_server.kill()
+    load = asyncio.create_task(send_completions(vllm_server, 10 * MAX_NUM_SEQS, MAX_TOKENS))
+    observations = []
+    while not load.done():
+        observations.append(await both.collect())
+        await asyncio.sleep(0.2)
+    await both.aclose()
+    assert all(o.replicas_reporting.value == 1 for o in observations)
+    busy = [o for o in observations if o.running.value]
+    assert busy, [(o.time, o.running.value, o.replicas_reporting.value) for o in observations]
+    # The dead replica is left out, not averaged in as an empty KV cache.
+    assert all(o.kv_usage_mean.value == o.kv_usage_max.value for o in observations)
+    assert max(o.kv_usage_max.value for o in busy) > 0
+
+    only_dead = ScrapeMetrics(static_targets([own_vllm_server.url]), timeout_s=5)
+    with pytest.raises(MetricsUnavailable, match="no vLLM replica answered") as error:
+        await only_dead.collect()
+    await only_dead.aclose()
+    assert own_vllm_server.url in str(error.value)
