@@ -144,10 +144,12 @@ class ControllerPolicy(Section):
     max_scale_down_per_tick: Annotated[int, Field(ge=1)] = 2
     hysteresis: Annotated[float, Field(ge=0, le=1)] = 0.1
     stale_after_seconds: PositiveFloat = 60
-    # Kubernetes covers the load expected to last at least this long (else Modal bursts).
-    base_load_quantile: Fraction = 0.2
+    # Hybrid: Kubernetes carries this quantile of the recent arrival rate (the base load);
+    # None: 1 − (Kubernetes price / Modal price), the share of time a layer of load must be
+    # present for an hourly-billed pod to beat per-second billing.
+    base_load_quantile: Fraction | None = None
     base_load_window_seconds: PositiveFloat = 1800
-    modal_buffer_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5
+    modal_buffer_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 class Policies(Section):

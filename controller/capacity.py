@@ -40,7 +40,10 @@ class LoadPoint:
     feasible: bool
 
 
-def load_point(profile: ReplicaProfile, rate: float, prompt: float, output: float) -> LoadPoint:
+def load_point(
+    profile: ReplicaProfile, rate: float, prompt: float, output: float,
+    kv_fraction: float = KV_SAFE_FRACTION,
+) -> LoadPoint:  # fmt: skip
     """Predicted p99-ish TTFT, ITL and decode batch of one replica at `rate` requests/s."""
     per_token = profile.decode_per_seq_s + profile.decode_per_context_token_s * (prompt + output / 2)
     rho = rate * (output * per_token + prompt * profile.prefill_per_token_s)
@@ -61,7 +64,7 @@ def load_point(profile: ReplicaProfile, rate: float, prompt: float, output: floa
         return LoadPoint(math.inf, itl, batch, False)
     ttft = step + prefill_s(PROMPT_P99_TO_MEAN * prompt) + TAIL_P99 * prefill_s(prompt) * u / (1 - u)
     kv_mean = batch * (prompt + output / 2)
-    fits = batch <= profile.max_num_seqs and kv_mean <= KV_SAFE_FRACTION * profile.kv_cache_tokens
+    fits = batch <= profile.max_num_seqs and kv_mean <= kv_fraction * profile.kv_cache_tokens
     return LoadPoint(ttft, itl, batch, fits)
 
 
@@ -76,6 +79,28 @@ def replica_capacity(
         point = load_point(profile, rate, prompt, output)
         return point.feasible and point.ttft_s <= ttft_slo_s and point.itl_s <= itl_slo_s
 
+    return _largest_rate(ok)
+
+
+# A replica behind a spilling router is filled to its admission limit: requests it cannot
+# take at once go elsewhere, so its TTFT stays low while its KV cache runs nearly full.
+SATURATED_KV_FRACTION = 0.9
+
+
+@lru_cache(maxsize=4096)
+def saturated_capacity(profile: ReplicaProfile, itl_slo_s: float, prompt: float, output: float) -> float:
+    """Requests/s one replica completes when kept full by spill-over (only ITL binds)."""
+    prompt, output = max(prompt, 1.0), max(output, 1.0)
+
+    def ok(rate: float) -> bool:
+        point = load_point(profile, rate, prompt, output, SATURATED_KV_FRACTION)
+        return point.feasible and point.itl_s <= itl_slo_s
+
+    return _largest_rate(ok)
+
+
+def _largest_rate(ok) -> float:
+    """Bisection for the largest rate where `ok` holds (0 if none)."""
     if not ok(1e-6):
         return 0.0
     low, high = 1e-6, 1.0

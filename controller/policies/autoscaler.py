@@ -19,7 +19,7 @@ import math
 
 from ...config.schema import ControllerPolicy as Params
 from ...config.schema import Target
-from ..capacity import replica_capacity
+from ..capacity import replica_capacity, saturated_capacity
 from ..forecast import RateForecaster
 from ..profile import ReplicaProfile
 from ..safety import PoolGuard
@@ -30,6 +30,8 @@ CORRECTION_DOWN = 0.93
 CORRECTION_UP = 1.01
 CORRECTION_RANGE = (0.6, 1.1)
 MODAL_STABILIZATION_S = 60.0
+# The token mix moves slowly; per-window means are noisy (a few hundred requests).
+MIX_ALPHA = 0.05
 
 
 class ControllerPolicy:
@@ -57,11 +59,10 @@ class ControllerPolicy:
             modal.min_containers, modal.max_containers, MODAL_STABILIZATION_S,
             p.max_scale_up_per_tick, p.max_scale_down_per_tick, 0.0,
         )  # fmt: skip
-        # Kubernetes carries a load level when it is present at least this share of the time.
-        self.k8s_share = 1.0
-        if k8s and modal:
+        self.base_quantile = p.base_load_quantile
+        if self.base_quantile is None and k8s and modal:
             k8s_per_s = k8s.price_per_gpu_hour * k8s.gpus_per_replica / 3600
-            self.k8s_share = min(k8s_per_s / modal.price_per_container_second, 1.0)
+            self.base_quantile = 1 - min(k8s_per_s / modal.price_per_container_second, 1.0)
 
     # ---- inputs --------------------------------------------------------------------------
     def _fresh(self, obs: Observation, name: str, now: float) -> float | None:
@@ -76,8 +77,8 @@ class ControllerPolicy:
         prompt_rate = self._fresh(obs, "prompt_tokens_rate", now)
         output_rate = self._fresh(obs, "output_tokens_rate", now)
         if rate > 0 and prompt_rate and output_rate:
-            self.prompt_mean += 0.2 * (prompt_rate / rate - self.prompt_mean)
-            self.output_mean += 0.2 * (output_rate / rate - self.output_mean)
+            self.prompt_mean += MIX_ALPHA * (prompt_rate / rate - self.prompt_mean)
+            self.output_mean += MIX_ALPHA * (output_rate / rate - self.output_mean)
         return rate
 
     def _pressure(self, obs: Observation, now: float, replicas: int) -> str | None:
@@ -100,75 +101,86 @@ class ControllerPolicy:
         rate = self._learn(observation, now)
         if rate is None:
             return self._hold(observation, "arrival rate missing or stale: holding, no scale-down")
-        k8s_state, modal_state = observation.kubernetes, observation.modal
-        k8s_ready = k8s_state.ready if k8s_state else 0
-        modal_ready = modal_state.ready if modal_state else 0
+        k8s_ready = observation.kubernetes.ready if observation.kubernetes else 0
+        modal_ready = observation.modal.ready if observation.modal else 0
         pressure = self._pressure(observation, now, k8s_ready + modal_ready)
-        self._correct(pressure, observation, now)
-        capacity = self._capacity()
+        self._correct(pressure)
+        capacity, saturated = self._capacities()
         if capacity <= 0:
             return self._hold(observation, "SLO unreachable with this profile: holding")
-        k8s_cfg, modal_cfg = self.target.kubernetes_pool, self.target.modal_pool
-        details: dict = {"rate": rate, "capacity_per_replica": capacity, "correction": self.correction}
-
         in_flight = self._fresh(observation, "running", now) or 0.0
-        floor = math.ceil(in_flight / self.profile.max_num_seqs)
-
-        k8s_want = None
-        if k8s_cfg:
-            lead = k8s_cfg.startup_seconds.high + self.tick_s
-            band = self.forecaster.forecast(now, lead)
-            if modal_cfg:
-                # The base layer: spill-over to Modal keeps these pods full, so no headroom.
-                base = min(
-                    self.forecaster.recent_quantile(now, self.p.base_load_window_seconds, 1 - self.k8s_share),
-                    band.point,
-                )
-                k8s_want = round(base / capacity)
-            else:
-                k8s_want = max(self._replicas(band.upper, capacity), floor)
-            details.update(k8s_forecast=band.point, k8s_upper=band.upper)
-
-        modal_min = modal_buffer = None
-        if modal_cfg:
-            lead = modal_cfg.startup.high + self.tick_s
-            band = self.forecaster.forecast(now, lead)
-            total = max(self._replicas(band.point, capacity), floor)
-            modal_min = max(total - k8s_ready, 0)
-            spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
-            modal_buffer = math.ceil(self.p.modal_buffer_fraction * spread)
-            details.update(modal_forecast=band.point, modal_upper=band.upper)
-
-        if self.k8s_guard and k8s_want is not None:
-            current = k8s_state.desired if k8s_state else k8s_want
-            k8s_want = self.k8s_guard.apply(k8s_want, current, now)
-        if self.modal_guard and modal_min is not None:
-            current = self.last.modal_min_containers if self.last and self.last.modal_min_containers is not None else modal_min
-            modal_min = self.modal_guard.apply(modal_min, current, now)
-
-        driver = "pressure" if pressure else "forecast"
-        summary = (
-            f"{rate:.2f} req/s, {capacity:.2f}/replica; "
-            + (f"k8s {k8s_want}" if k8s_want is not None else "")
-            + (f" modal min {modal_min} buffer {modal_buffer}" if modal_min is not None else "")
-            + (f" ({pressure})" if pressure else "")
-        )
-        details["pressure"] = pressure
-        self.last = Decision(k8s_want, modal_min, modal_buffer, Reason(driver, summary.strip(), details))
+        floor = math.ceil(in_flight / self.profile.max_num_seqs)  # never below in-flight work
+        details: dict = {
+            "rate": rate, "capacity_per_replica": capacity, "saturated_per_replica": saturated,
+            "correction": self.correction, "pressure": pressure,
+        }  # fmt: skip
+        k8s = self._plan_kubernetes(now, capacity, saturated, floor, details)
+        k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
+        modal_min, modal_buffer = self._plan_modal(now, capacity, saturated, k8s_pods, floor, details)
+        k8s, modal_min = self._guard(observation, now, k8s, modal_min)
+        summary = f"{rate:.2f} req/s, {capacity:.2f}/replica;" + (
+            f" k8s {k8s}" if k8s is not None else ""
+        ) + (f" modal min {modal_min} buffer {modal_buffer}" if modal_min is not None else "") + (
+            f" ({pressure})" if pressure else ""
+        )  # fmt: skip
+        reason = Reason("pressure" if pressure else "forecast", summary, details)
+        self.last = Decision(k8s, modal_min, modal_buffer, reason)
         return self.last
+
+    def _plan_kubernetes(self, now, capacity, saturated, floor, details) -> int | None:
+        k8s = self.target.kubernetes_pool
+        if not k8s:
+            return None
+        band = self.forecaster.forecast(now, k8s.startup_seconds.high + self.tick_s)
+        details.update(k8s_forecast=band.point, k8s_upper=band.upper)
+        if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
+            return max(self._replicas(band.upper, capacity), floor)
+        # Hybrid: the base layer — load present often enough that an hourly-billed pod beats
+        # per-second Modal — on pods kept full by spill-over to Modal.
+        window = self.p.base_load_window_seconds
+        base = min(self.forecaster.recent_quantile(now, window, self.base_quantile), band.point)
+        details["k8s_base_rate"] = base
+        return round(base / saturated)
+
+    def _plan_modal(self, now, capacity, saturated, k8s, floor, details):
+        """Warm containers Modal's own request-driven scaling would be too late for."""
+        modal = self.target.modal_pool
+        if not modal:
+            return None, None
+        band = self.forecaster.forecast(now, modal.startup.high + self.tick_s)
+        details.update(modal_forecast=band.point, modal_upper=band.upper)
+        if self.target.kubernetes_pool:
+            # Spill-over beyond the pods is absorbed by Modal's autoscaler within seconds;
+            # warm up front only the load that pods still starting will carry later.
+            ready, desired = k8s
+            gap = max(min(band.point, desired * saturated) - ready * saturated, 0.0)
+            details["modal_gap_rate"] = gap
+            return self._replicas(gap, capacity), 0
+        wanted = max(self._replicas(band.point, capacity), floor)
+        spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
+        return wanted, math.ceil(self.p.modal_buffer_fraction * spread)
+
+    def _guard(self, observation: Observation, now: float, k8s, modal_min):
+        if self.k8s_guard and k8s is not None:
+            current = observation.kubernetes.desired if observation.kubernetes else k8s
+            k8s = self.k8s_guard.apply(k8s, current, now)
+        if self.modal_guard and modal_min is not None:
+            last = self.last.modal_min_containers if self.last else None
+            modal_min = self.modal_guard.apply(modal_min, modal_min if last is None else last, now)
+        return k8s, modal_min
 
     def _replicas(self, rate: float, capacity: float) -> int:
         return math.ceil(rate * (1 + self.p.headroom) / (capacity * self.p.target_utilization))
 
-    def _capacity(self) -> float:
+    def _capacities(self) -> tuple[float, float]:
+        """Per replica: within the SLO, and when kept full by spill-over; both corrected."""
         slo = self.target.slo
-        base = replica_capacity(
-            self.profile, slo.ttft_seconds, slo.itl_seconds,
-            round(self.prompt_mean, -1), round(self.output_mean, -1),
-        )  # fmt: skip
-        return base * self.correction
+        prompt, output = round(self.prompt_mean, -1), round(self.output_mean, -1)
+        within = replica_capacity(self.profile, slo.ttft_seconds, slo.itl_seconds, prompt, output)
+        full = saturated_capacity(self.profile, slo.itl_seconds, prompt, output)
+        return within * self.correction, max(full, within) * self.correction
 
-    def _correct(self, pressure: str | None, obs: Observation, now: float) -> None:
+    def _correct(self, pressure: str | None) -> None:
         low, high = CORRECTION_RANGE
         if pressure:
             self.correction = max(self.correction * CORRECTION_DOWN, low)
