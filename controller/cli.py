@@ -207,7 +207,7 @@ def tune(
 
 @app.command()
 def generate(
-    kind: Annotated[str, typer.Argument(help="poisson, diurnal, step or bursty")],
+    kind: Annotated[str, typer.Argument(help="poisson, diurnal, step, bursty or spiky")],
     out: Annotated[Path, typer.Option("--out", "-o", help="CSV to write")],
     param: Annotated[
         Optional[list[str]], typer.Option("--param", "-p", help="Generator parameter key=value")

@@ -44,7 +44,11 @@ def build_policy(
     if name == "static-peak":
         from ..controller.policies.baselines import StaticPolicy
 
-        policy = StaticPolicy(target, peak_replicas(trace, target, profile))
+        k8s = target.kubernetes_pool
+        replicas = peak_replicas(trace, target, profile)
+        if k8s:
+            replicas = min(max(replicas, k8s.min_replicas), k8s.max_replicas)
+        policy = StaticPolicy(target, replicas)
         policy.name = "static-peak"
         return policy
     return make_policy(name, target, config.tick_seconds, profile)
