@@ -113,6 +113,8 @@ class ScrapeMetrics:
     @classmethod
     def from_config(cls, config: DirectScrapeSource, kube_api: kube.ApiClient | None = None
                     ) -> ScrapeMetrics:
+        if config.service is not None and config.targets:
+            raise ValueError("metrics.direct: give either targets or service, not both")
         if config.service is None:
             return cls(static_targets(config.targets), config.timeout_seconds)
         if kube_api is None:
@@ -147,47 +149,52 @@ class ScrapeMetrics:
                 text = await response.text()
             return parse_replica(text, self._clock())
         except (aiohttp.ClientError, TimeoutError) as error:
-            return f"unreachable ({type(error).__name__}: {error})"
+            return f"no answer ({type(error).__name__}: {error})"
         except ValueError as error:  # the parser's complaint
             return f"malformed /metrics ({error})"
 
     def _observation(self, current: dict[str, ReplicaMetrics],
                      previous: dict[str, ReplicaMetrics]) -> Observation:
         now = self._clock()
-        at = min((r.at for r in current.values()), default=now)
+        replicas = list(current.values())
         windows = [(previous[url], r) for url, r in current.items() if url in previous]
-
-        def gauge(signal: Signal) -> list[float]:
-            return [v for r in current.values() for v in r.gauges.get(signal, [])]
-
-        def total(values: list[float]) -> float | None:
-            return sum(values) if values else None
-
-        def rate(signal: Signal) -> float | None:
-            return total([increase(before.counters[signal], after.counters[signal])
-                          / (after.at - before.at)
-                          for before, after in windows
-                          if signal in before.counters and signal in after.counters])
-
-        def quantiles(signal: Signal) -> dict[str, float | None]:
-            buckets = window_histogram(signal, windows)
-            return {p: histogram_quantile(q, buckets) for p, q in QUANTILES.items()}
-
-        kv = gauge(Signal.KV_USAGE)
-        ttft, itl = quantiles(Signal.TTFT), quantiles(Signal.ITL)
+        running, waiting, kv = (gauge_values(signal, replicas)
+                                for signal in (Signal.RUNNING, Signal.WAITING, Signal.KV_USAGE))
         values = {
-            "running": total(gauge(Signal.RUNNING)),
-            "waiting": total(gauge(Signal.WAITING)),
+            "running": sum(running) if running else None,
+            "waiting": sum(waiting) if waiting else None,
             "kv_usage_mean": sum(kv) / len(kv) if kv else None,
             "kv_usage_max": max(kv, default=None),
-            **{f"ttft_{p}": v for p, v in ttft.items()},
-            **{f"itl_{p}": v for p, v in itl.items()},
-            "arrival_rate": rate(Signal.FINISHED),
-            "prompt_tokens_rate": rate(Signal.PROMPT_TOKENS),
-            "output_tokens_rate": rate(Signal.OUTPUT_TOKENS),
-            "replicas_reporting": len(current),
+            **window_quantiles("ttft", Signal.TTFT, windows),
+            **window_quantiles("itl", Signal.ITL, windows),
+            "arrival_rate": window_rate(Signal.FINISHED, windows),
+            "prompt_tokens_rate": window_rate(Signal.PROMPT_TOKENS, windows),
+            "output_tokens_rate": window_rate(Signal.OUTPUT_TOKENS, windows),
+            "replicas_reporting": len(replicas),
         }
+        at = min((r.at for r in replicas), default=now)  # the oldest scrape in the figures
         return Observation(time=now, **{field: measured(v, at) for field, v in values.items()})
+
+
+Window = tuple[ReplicaMetrics, ReplicaMetrics]  # one replica's previous and current scrape
+
+
+def gauge_values(signal: Signal, replicas: list[ReplicaMetrics]) -> list[float]:
+    return [v for r in replicas for v in r.gauges.get(signal, [])]
+
+
+def window_rate(signal: Signal, windows: list[Window]) -> float | None:
+    """Per-second increase of a counter, summed over the replicas (None if none has it)."""
+    rates = [increase(before.counters[signal], after.counters[signal]) / (after.at - before.at)
+             for before, after in windows
+             if signal in before.counters and signal in after.counters]
+    return sum(rates) if rates else None
+
+
+def window_quantiles(prefix: str, signal: Signal, windows: list[Window]) -> dict[str, float]:
+    """The Observation's quantile fields of a latency histogram over the windows."""
+    buckets = window_histogram(signal, windows)
+    return {f"{prefix}_{p}": histogram_quantile(q, buckets) for p, q in QUANTILES.items()}
 
 
 def increase(before: float, after: float) -> float:
@@ -195,8 +202,7 @@ def increase(before: float, after: float) -> float:
     return after - before if after >= before else after
 
 
-def window_histogram(signal: Signal,
-                     windows: list[tuple[ReplicaMetrics, ReplicaMetrics]]) -> dict[float, float]:
+def window_histogram(signal: Signal, windows: list[Window]) -> dict[float, float]:
     """The observations each bucket gained over the windows, summed by upper bound."""
     gained: dict[float, float] = defaultdict(float)
     for before, after in windows:

@@ -64,5 +64,6 @@ def test_quantiles_are_ordered_and_within_the_finite_bounds(bounds, data):
     cumulative = dict(zip([*bounds, INF], [sum(counts[:i + 1]) for i in range(len(counts))]))
     assume(cumulative[INF] > 0)
     estimates = [histogram_quantile(q, cumulative) for q in (0.5, 0.95, 0.99)]
-    assert estimates == sorted(estimates)
-    assert all(0 <= e <= bounds[-1] for e in estimates)
+    ulp = 1e-12 * bounds[-1]  # interpolation rounds: at a bucket's top it may overshoot by one
+    assert all(lower <= higher + ulp for lower, higher in zip(estimates, estimates[1:]))
+    assert all(0 <= e <= bounds[-1] + ulp for e in estimates)
