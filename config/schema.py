@@ -57,6 +57,8 @@ class KubernetesPool(Section):
     startup_seconds: Startup = Startup(low=120, mode=240, high=480)
     # terminationGracePeriodSeconds: in-flight requests past it are lost on scale-down.
     drain_seconds: NonNegFloat = 60
+    # The controller rescales the Deployment at most this often (a runaway guard).
+    max_writes_per_minute: Annotated[int, Field(ge=1)] = 6
 
     @model_validator(mode="after")
     def _bounds(self) -> KubernetesPool:
