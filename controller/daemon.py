@@ -422,8 +422,10 @@ class Daemon:
         policy = make_policy(POLICY, target, config.tick_seconds, load_profile(target.profile))
         actuators: list[Actuator] = []
         if target.kubernetes_pool:
-            actuators.append(KubernetesActuator(target.kubernetes_pool, api_client=self._kube(),
-                                                dry_run=self._dry_run))
+            pool = target.kubernetes_pool
+            actuators.append(KubernetesActuator(
+                pool, api_client=self._kube(), dry_run=self._dry_run,
+                max_writes_per_minute=pool.max_writes_per_minute))
         if target.modal_pool:
             actuators.append(ModalActuator(target.modal_pool, dry_run=self._dry_run))
         self.telemetry.target_added(target.name, target.pools)

@@ -46,6 +46,7 @@ SETTINGS = [  # what the test shortens, as an operator would
     f"targets.0.policy.controller.scale_down_stabilization_seconds={STABILIZATION_S}",
     "targets.0.policy.controller.base_load_window_seconds=3",
     "targets.0.policy.controller.stale_after_seconds=5",
+    "targets.0.kubernetes.max_writes_per_minute=60",  # a test rescales more often than 6/min
     f"leader_election.lease_duration_seconds={LEASE_S}",
     "leader_election.renew_deadline_seconds=3",
     "leader_election.retry_period_seconds=1",
