@@ -78,7 +78,7 @@ class ModalPool(Section):
     buffer_containers: NonNegInt = 0
     scaledown_window_seconds: Annotated[float, Field(ge=2, le=3600)] = 60
     # Inputs one container takes at once (@modal.concurrent(max_inputs=...)).
-    max_inputs: Annotated[int, Field(ge=1)] = 32
+    max_inputs: Annotated[int, Field(ge=1)] = 16
     gpus_per_container: Annotated[int, Field(ge=1)] = 1
     price_per_gpu_second: NonNegFloat = 0.000306
     # Region selection / non-preemptible multipliers on Modal's list price.

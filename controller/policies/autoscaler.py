@@ -91,6 +91,9 @@ class ControllerPolicy:
             return f"TTFT p99 {ttft:.2f}s above {self.p.ttft_feedback_fraction:.0%} of SLO"
         if waiting is not None and waiting > self.p.waiting_per_replica_target * max(replicas, 1):
             return f"{waiting:.0f} requests waiting"
+        backlog = obs.modal.backlog if obs.modal else None
+        if backlog:
+            return f"{backlog} inputs queued at Modal"
         # A full cache only hurts when it keeps requests waiting.
         if kv is not None and kv > self.p.kv_usage_target and waiting:
             return f"KV cache {kv:.0%} full with {waiting:.0f} waiting"
