@@ -52,6 +52,10 @@ SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution] = {
     "base_load_window_seconds": FloatDistribution(300, 7200, log=True),
     "modal_buffer_fraction": FloatDistribution(0.0, 1.0),
 }
+# Parameters where None means "automatic": a trial keeps the automatic value or picks one.
+OPTIONAL_SPACE: dict[str, FloatDistribution] = {
+    "base_load_quantile": FloatDistribution(0.05, 0.95),
+}
 GPU_PARAM = "gpu"
 BASELINES = ("hpa", "modal-only", "static-peak", "oracle")
 POLL_SECONDS = 0.5
@@ -71,17 +75,17 @@ class GpuChoice:
 
     @classmethod
     def parse(cls, text: str) -> GpuChoice:
-        parts = text.split(":")
         try:
-            profile, per_hour, per_second = parts[0], float(parts[1]), float(parts[2])
-        except (IndexError, ValueError):
+            profile, per_hour, per_second = text.split(":")
+            choice = cls(profile, float(per_hour), float(per_second))
+        except ValueError:
             raise TuneError(
                 f"--gpu-choice {text!r}: expected PROFILE:K8S_PRICE_PER_GPU_HOUR:MODAL_PRICE_PER_GPU_SECOND"
             ) from None
-        if len(parts) != 3 or per_hour < 0 or per_second < 0:
-            raise TuneError(f"--gpu-choice {text!r}: expected three fields and prices >= 0")
+        if not (choice.price_per_gpu_hour >= 0 and choice.price_per_gpu_second >= 0):
+            raise TuneError(f"--gpu-choice {text!r}: prices must be >= 0")
         load_profile(profile)  # a bad profile name fails now, not in a worker
-        return cls(profile, per_hour, per_second)
+        return choice
 
 
 @dataclass(frozen=True)
@@ -115,11 +119,21 @@ def edit_target(config: Config, target_name: str | None, edit: Callable[[dict], 
     return validate_config(data, "tuned config")
 
 
+def automatic(name: str) -> str:
+    return f"{name}_automatic"
+
+
+def controller_values(params: dict[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as values of the policy.controller section."""
+    values = {k: v for k, v in params.items() if k in SEARCH_SPACE or k in OPTIONAL_SPACE}
+    return values | {name: None for name in OPTIONAL_SPACE if params[automatic(name)]}
+
+
 def tuned_config(
     config: Config, target_name: str | None, params: dict[str, Any], gpu_choices: tuple[GpuChoice, ...] = ()
 ) -> Config:
     def edit(target: dict) -> None:
-        target["policy"]["controller"].update({k: v for k, v in params.items() if k != GPU_PARAM})
+        target["policy"]["controller"].update(controller_values(params))
         if GPU_PARAM in params:
             gpu = next(c for c in gpu_choices if c.profile == params[GPU_PARAM])
             target["profile"] = gpu.profile
@@ -170,13 +184,14 @@ def fingerprint(trace: Trace, config: Config, options: TuneOptions) -> str:
     digest = hashlib.sha256(config.model_dump_json().encode())
     for column in (trace.arrival_s, trace.prompt_tokens, trace.output_tokens):
         digest.update(np.ascontiguousarray(column).tobytes())
-    digest.update(repr((options.target_name, options.gpu_choices, sorted(SEARCH_SPACE))).encode())
+    digest.update(repr((options.target_name, options.gpu_choices, SEARCH_SPACE, OPTIONAL_SPACE)).encode())
     return digest.hexdigest()[:16]
 
 
 # ---- the study -----------------------------------------------------------------------------
 def open_study(storage: str, study_name: str) -> optuna.Study:
     """Create the study, or load it to resume (the sampler is per process, not stored)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own progress bar reports trials
     backend = storage if "://" in storage else JournalStorage(JournalFileBackend(storage))
     # TPE models feasibility from each trial's constraint (Trial.set_constraint): trials
     # that miss the SLO inform the search but never become the best trial.
@@ -196,13 +211,16 @@ class Objective:
     gpu_choices: tuple[GpuChoice, ...]
 
     def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
-        params: dict[str, Any] = {}
+        """Sample the trial's parameters; returns them as `trial.params` (see controller_values)."""
         for name, dist in SEARCH_SPACE.items():
             suggest = trial.suggest_int if isinstance(dist, IntDistribution) else trial.suggest_float
-            params[name] = suggest(name, dist.low, dist.high, log=dist.log)
+            suggest(name, dist.low, dist.high, log=dist.log)
+        for name, dist in OPTIONAL_SPACE.items():
+            if not trial.suggest_categorical(automatic(name), [True, False]):
+                trial.suggest_float(name, dist.low, dist.high, log=dist.log)
         if self.gpu_choices:
-            params[GPU_PARAM] = trial.suggest_categorical(GPU_PARAM, [c.profile for c in self.gpu_choices])
-        return params
+            trial.suggest_categorical(GPU_PARAM, [c.profile for c in self.gpu_choices])
+        return trial.params
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = tuned_config(self.config, self.target_name, self.suggest(trial), self.gpu_choices)
@@ -216,7 +234,6 @@ class Objective:
 
 def work(storage: str, study_name: str, trials: int, objective: Objective) -> None:
     """A worker process: run its share of the trials against the shared study."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     open_study(storage, study_name).optimize(objective, n_trials=trials)
 
 
@@ -314,7 +331,9 @@ def tune(
     study = open_study(storage, options.study_name)
     check_same_setup(study, fingerprint(tuning, config, options), storage)
     study.enqueue_trial(current_params(config, options), skip_if_exists=True)
+    trials_started = time.perf_counter()
     run_trials(study, storage, Objective(tuning, config, options.target_name, options.gpu_choices), options, on_trial)
+    trials_wall = time.perf_counter() - trials_started
 
     best = best_feasible(study, required)
     tuned = tuned_config(config, options.target_name, best.params, options.gpu_choices)
@@ -325,6 +344,7 @@ def tune(
         "study": {"name": options.study_name, "storage": storage, "trials": len(study.trials)},
         "trials_this_run": options.trials,
         "wall_seconds": time.perf_counter() - started,
+        "trials_wall_seconds": trials_wall,
         "split": options.split,
         "tuning_part": part_info(tuning),
         "held_out_part": part_info(held_out),
@@ -342,7 +362,12 @@ def current_params(config: Config, options: TuneOptions) -> dict[str, Any]:
     """The config's own values: the first trial, so the tuned config is never worse on the
     tuning part than the one it starts from (when that one meets the SLO)."""
     target = pick_target(config, options.target_name)
-    params = {name: getattr(target.policy.controller, name) for name in SEARCH_SPACE}
+    current = target.policy.controller
+    params = {name: getattr(current, name) for name in SEARCH_SPACE}
+    for name in OPTIONAL_SPACE:
+        params[automatic(name)] = getattr(current, name) is None
+        if getattr(current, name) is not None:
+            params[name] = getattr(current, name)
     if target.profile in {c.profile for c in options.gpu_choices}:
         params[GPU_PARAM] = target.profile
     return params
