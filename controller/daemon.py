@@ -339,6 +339,10 @@ class Daemon:
             self.telemetry.error("actuator")
             log.error("actuation.failed", target=target, pool=actuator.pool, error=str(exc))
             return f"failed: {exc}"
+        except Exception as exc:  # a bug must not stop the other pools and targets
+            self.telemetry.error("internal")
+            log.exception("actuation.crashed", target=target, pool=actuator.pool)
+            return f"failed: {exc!r}"
         if result.changed:
             self.telemetry.actuations.labels(target, actuator.pool).inc()
         return result.message

@@ -42,6 +42,13 @@ def by_kind(manifests: list[dict], kind: str) -> list[dict]:
     return [m for m in manifests if m["kind"] == kind]
 
 
+def deployment(manifests: list[dict], controller: bool) -> dict:
+    """The controller's Deployment, or (controller=False) the example vLLM one."""
+    [found] = [d for d in by_kind(manifests, "Deployment")
+               if (d["metadata"]["name"] == "vllm-autoscaler") == controller]
+    return found
+
+
 def test_every_manifest_is_valid_for_a_recent_kubernetes(manifests):
     kinds = sorted(m["kind"] for m in manifests)
     assert kinds == ["ConfigMap", "Deployment", "Deployment", "Namespace", "Role",
@@ -62,9 +69,7 @@ def test_the_configmap_holds_a_valid_config_for_the_example(manifests):
 
 
 def test_the_controller_runs_hardened_with_probes(manifests):
-    [controller] = [d for d in by_kind(manifests, "Deployment")
-                    if d["metadata"]["name"] == "vllm-autoscaler"]
-    spec = controller["spec"]
+    spec = deployment(manifests, controller=True)["spec"]
     assert spec["replicas"] == 2
     pod = spec["template"]["spec"]
     [container] = pod["containers"]
@@ -81,7 +86,7 @@ def test_the_controller_runs_hardened_with_probes(manifests):
 
 
 def test_the_example_vllm_waits_for_the_model_and_asks_for_a_gpu(manifests):
-    [vllm] = [d for d in by_kind(manifests, "Deployment") if d["metadata"]["name"] != "vllm-autoscaler"]
+    vllm = deployment(manifests, controller=False)
     [container] = vllm["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert container["readinessProbe"]["initialDelaySeconds"] >= 120
@@ -130,13 +135,8 @@ async def test_the_role_grants_exactly_what_a_running_controller_uses(manifests,
             assert rule["resourceNames"] == [config.leader_election.lease_name]
     [binding] = by_kind(manifests, "RoleBinding")
     assert binding["roleRef"]["name"] == role["metadata"]["name"]
-    assert binding["subjects"][0]["name"] == service_account(manifests)
-
-
-def service_account(manifests: list[dict]) -> str:
-    [controller] = [d for d in by_kind(manifests, "Deployment")
-                    if d["metadata"]["name"] == "vllm-autoscaler"]
-    return controller["spec"]["template"]["spec"]["serviceAccountName"]
+    pod = deployment(manifests, controller=True)["spec"]["template"]["spec"]
+    assert binding["subjects"][0]["name"] == pod["serviceAccountName"]
 
 
 def exported_names() -> set[str]:

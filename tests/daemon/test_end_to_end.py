@@ -172,11 +172,9 @@ async def test_the_daemon_end_to_end(daemons, kube, modal_control_plane, vllm_se
 
     # 2. A burst: scale-up within two ticks of the first tick that sees it.
     load_ended = await burst(vllm_server)
-
-    def grew() -> bool:
-        replicas, warm = capacity(kube, plane)
-        return replicas > replicas_before or warm > warm_before
-    await until(grew, 15, "a scale-up")
+    await until(lambda: any(wrote_scale_up(r) for r in leader.records()), 15, "a scale-up")
+    replicas, warm = capacity(kube, plane)
+    assert replicas > replicas_before or warm > warm_before
     records = leader.records()
     seen = next(i for i, r in enumerate(records)
                 if (r["inputs"]["arrival_rate"] or 0) > 0 or (r["inputs"]["waiting"] or 0) > 0)
