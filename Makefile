@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out/demo
-DEMO_TRACE := simulations/data/azure_code_2023.csv
+DEMO_TRACE := simulations/data/azure_conv_2023.csv
 
 .PHONY: demo test bench clean
 
@@ -16,7 +16,7 @@ $(BIN)/vllm-autoscaler: pyproject.toml
 demo: $(BIN)/vllm-autoscaler
 	$(BIN)/vllm-autoscaler simulate --trace $(DEMO_TRACE) --policy controller --out $(OUT)
 	$(BIN)/vllm-autoscaler compare --trace $(DEMO_TRACE) --out $(OUT)/compare \
-		--policies controller,hpa,modal-only,static-peak,oracle
+		--policies controller,hpa,hpa:target_average=10,modal-only,static-peak,oracle
 	@echo "report: $(OUT)/report.md, comparison: $(OUT)/compare/compare.png"
 
 test: $(BIN)/vllm-autoscaler

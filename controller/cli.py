@@ -152,7 +152,7 @@ def compare(
             name, f"{s['slo_attainment']:.2%}", f"{s['ttft_p99'] or 0:.2f}", f"{s['cost_total']:.2f}",
             f"{s['gpu_hours_k8s']:.1f}", f"{s['gpu_hours_modal']:.1f}", str(s["failed"]),
         )  # fmt: skip
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
     console.print(f"-> {out}/compare.json, {out}/compare.png")
 
 
