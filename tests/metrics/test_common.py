@@ -1,6 +1,7 @@
 """Values to Samples, and histogram quantiles computed the way Prometheus computes them."""
 
 import math
+from itertools import pairwise
 
 import pytest
 from hypothesis import assume, given
@@ -65,5 +66,5 @@ def test_quantiles_are_ordered_and_within_the_finite_bounds(bounds, data):
     assume(cumulative[INF] > 0)
     estimates = [histogram_quantile(q, cumulative) for q in (0.5, 0.95, 0.99)]
     ulp = 1e-12 * bounds[-1]  # interpolation rounds: at a bucket's top it may overshoot by one
-    assert all(lower <= higher + ulp for lower, higher in zip(estimates, estimates[1:]))
+    assert all(lower <= higher + ulp for lower, higher in pairwise(estimates))
     assert all(0 <= e <= bounds[-1] + ulp for e in estimates)

@@ -35,9 +35,12 @@ from vllm_autoscaler.metrics.vllm_names import Signal
 
 pytestmark = pytest.mark.realparts
 
-REQUESTS, MAX_TOKENS = 64, 128  # ~4 s on 2 cores, with most requests queued at first
+# ~4 s on 2 cores. Arriving faster than the server serves them, requests queue in vLLM; spaced,
+# they do not queue in its HTTP front end, which vLLM's TTFT clock does not see.
+REQUESTS, MAX_TOKENS, SPACING_S = 64, 128, 0.04
 SELECTOR = {"model_name": MODEL_NAME}
 SCRAPE_INTERVAL_S = 1.0  # the fixture's Prometheus
+FRONT_END_S = 0.25  # at most, per request, between the client and vLLM's arrival clock
 
 
 def prometheus_source(url: str, window_s: float, **selector: str) -> PrometheusMetrics:
@@ -69,7 +72,7 @@ async def record_burst(vllm: str, prometheus: str) -> Burst:
     await asyncio.sleep(3 * SCRAPE_INTERVAL_S)
     before = {**await poll(), "spanning": spanning_before}
     started = time.time()
-    load = asyncio.create_task(send_completions(vllm, REQUESTS, MAX_TOKENS))
+    load = asyncio.create_task(send_completions(vllm, REQUESTS, MAX_TOKENS, SPACING_S))
     polled: dict[str, list[Observation]] = {source: [] for source in polling}
     while not load.done():
         for source, observation in (await poll()).items():
@@ -120,11 +123,12 @@ def test_ttft_quantiles_agree_with_what_the_client_measured(burst: Burst, source
     for p, q in QUANTILES.items():
         estimate = getattr(after, f"ttft_{p}").value
         # The estimate interpolates inside the bucket holding the true quantile: the client's
-        # figure must lie in that bucket, give or take its own HTTP overhead.
+        # figure must lie in that bucket, give or take the HTTP and tokenizing ahead of vLLM's
+        # clock (the client's figure includes them).
         upper = next(b for b in burst.ttft_bounds if b >= estimate)
         lower = max((b for b in burst.ttft_bounds if b < upper), default=0.0)
         measured = client_quantile(burst.completions, q)
-        assert lower <= measured <= upper + 0.1, (p, estimate, measured, lower, upper)
+        assert lower <= measured <= upper + FRONT_END_S, (p, estimate, measured, lower, upper)
 
 
 def test_the_scrape_window_holds_exactly_the_burst(burst: Burst):
