@@ -82,23 +82,6 @@ def replica_capacity(
     return _largest_rate(ok)
 
 
-# A replica behind a spilling router is filled to its admission limit: requests it cannot
-# take at once go elsewhere, so its TTFT stays low while its KV cache runs nearly full.
-SATURATED_KV_FRACTION = 0.9
-
-
-@lru_cache(maxsize=4096)
-def saturated_capacity(profile: ReplicaProfile, itl_slo_s: float, prompt: float, output: float) -> float:
-    """Requests/s one replica completes when kept full by spill-over (only ITL binds)."""
-    prompt, output = max(prompt, 1.0), max(output, 1.0)
-
-    def ok(rate: float) -> bool:
-        point = load_point(profile, rate, prompt, output, SATURATED_KV_FRACTION)
-        return point.feasible and point.itl_s <= itl_slo_s
-
-    return _largest_rate(ok)
-
-
 def _largest_rate(ok) -> float:
     """Bisection for the largest rate where `ok` holds (0 if none)."""
     if not ok(1e-6):

@@ -19,7 +19,7 @@ import math
 
 from ...config.schema import ControllerPolicy as Params
 from ...config.schema import Target
-from ..capacity import replica_capacity, saturated_capacity
+from ..capacity import replica_capacity
 from ..forecast import RateForecaster
 from ..profile import ReplicaProfile
 from ..safety import PoolGuard
@@ -108,18 +108,18 @@ class ControllerPolicy:
         modal_ready = observation.modal.ready if observation.modal else 0
         pressure = self._pressure(observation, now, k8s_ready + modal_ready)
         self._correct(pressure)
-        capacity, saturated = self._capacities()
+        capacity = self._capacity()
         if capacity <= 0:
             return self._hold(observation, "SLO unreachable with this profile: holding")
         in_flight = self._fresh(observation, "running", now) or 0.0
         floor = math.ceil(in_flight / self.profile.max_num_seqs)  # never below in-flight work
         details: dict = {
-            "rate": rate, "capacity_per_replica": capacity, "saturated_per_replica": saturated,
-            "correction": self.correction, "pressure": pressure,
+            "rate": rate, "capacity_per_replica": capacity, "correction": self.correction,
+            "pressure": pressure,
         }  # fmt: skip
-        k8s = self._plan_kubernetes(now, capacity, saturated, floor, details)
+        k8s = self._plan_kubernetes(now, capacity, floor, details)
         k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
-        modal_min, modal_buffer = self._plan_modal(now, capacity, saturated, k8s_pods, floor, details)
+        modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, details)
         k8s, modal_min = self._guard(observation, now, k8s, modal_min)
         summary = f"{rate:.2f} req/s, {capacity:.2f}/replica;" + (
             f" k8s {k8s}" if k8s is not None else ""
@@ -130,7 +130,7 @@ class ControllerPolicy:
         self.last = Decision(k8s, modal_min, modal_buffer, reason)
         return self.last
 
-    def _plan_kubernetes(self, now, capacity, saturated, floor, details) -> int | None:
+    def _plan_kubernetes(self, now, capacity, floor, details) -> int | None:
         k8s = self.target.kubernetes_pool
         if not k8s:
             return None
@@ -139,13 +139,13 @@ class ControllerPolicy:
         if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
             return max(self._replicas(band.upper, capacity), floor)
         # Hybrid: the base layer — load present often enough that an hourly-billed pod beats
-        # per-second Modal — on pods kept full by spill-over to Modal.
+        # per-second Modal; what exceeds the pods spills over to Modal.
         window = self.p.base_load_window_seconds
         base = min(self.forecaster.recent_quantile(now, window, self.base_quantile), band.point)
         details["k8s_base_rate"] = base
-        return round(base / saturated)
+        return round(base / capacity)
 
-    def _plan_modal(self, now, capacity, saturated, k8s, floor, details):
+    def _plan_modal(self, now, capacity, k8s, floor, details):
         """Warm containers Modal's own request-driven scaling would be too late for."""
         modal = self.target.modal_pool
         if not modal:
@@ -156,7 +156,7 @@ class ControllerPolicy:
             # Spill-over beyond the pods is absorbed by Modal's autoscaler within seconds;
             # warm up front only the load that pods still starting will carry later.
             ready, desired = k8s
-            gap = max(min(band.point, desired * saturated) - ready * saturated, 0.0)
+            gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0)
             details["modal_gap_rate"] = gap
             return self._replicas(gap, capacity), 0
         wanted = max(self._replicas(band.point, capacity), floor)
@@ -175,13 +175,11 @@ class ControllerPolicy:
     def _replicas(self, rate: float, capacity: float) -> int:
         return math.ceil(rate * (1 + self.p.headroom) / (capacity * self.p.target_utilization))
 
-    def _capacities(self) -> tuple[float, float]:
-        """Per replica: within the SLO, and when kept full by spill-over; both corrected."""
+    def _capacity(self) -> float:
+        """Requests/s one replica serves within the SLO at the current token mix, corrected."""
         slo = self.target.slo
         prompt, output = round(self.prompt_mean, -1), round(self.output_mean, -1)
-        within = replica_capacity(self.profile, slo.ttft_seconds, slo.itl_seconds, prompt, output)
-        full = saturated_capacity(self.profile, slo.itl_seconds, prompt, output)
-        return within * self.correction, max(full, within) * self.correction
+        return replica_capacity(self.profile, slo.ttft_seconds, slo.itl_seconds, prompt, output) * self.correction
 
     def _correct(self, pressure: str | None) -> None:
         low, high = CORRECTION_RANGE
