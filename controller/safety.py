@@ -26,6 +26,10 @@ class PoolGuard:
         self.hysteresis = hysteresis
         self.recent: deque[tuple[float, int]] = deque()
 
+    def remember(self, value: int, now: float) -> None:
+        """Count `value` as recommended at `now` (held decisions keep the window filled)."""
+        self.recent.append((now, value))
+
     def apply(self, recommended: int, current: int, now: float) -> int:
         return min(max(self._limit(recommended, current, now), self.minimum), self.maximum)
 

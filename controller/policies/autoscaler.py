@@ -113,13 +113,21 @@ class ControllerPolicy:
             return self._hold(observation, "SLO unreachable with this profile: holding")
         in_flight = self._fresh(observation, "running", now) or 0.0
         floor = math.ceil(in_flight / self.profile.max_num_seqs)  # never below in-flight work
+        # Requests already queued are load the pools failed to take: clear them within the
+        # TTFT SLO, on top of the forecast (proportional, so it vanishes once they drain).
+        queued = (self._fresh(observation, "waiting", now) or 0.0) + (
+            observation.modal.backlog or 0 if observation.modal else 0
+        )
+        backlog_rate = queued / self.target.slo.ttft_seconds
         details: dict = {
             "rate": rate, "capacity_per_replica": capacity, "correction": self.correction,
-            "pressure": pressure,
+            "pressure": pressure, "backlog_rate": backlog_rate,
         }  # fmt: skip
-        k8s = self._plan_kubernetes(now, capacity, floor, details)
+        k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details)
         k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
-        modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, details)
+        modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, backlog_rate, details)
+        if pressure and k8s is not None and observation.kubernetes:
+            k8s = max(k8s, observation.kubernetes.desired)  # never shrink while short of capacity
         k8s, modal_min = self._guard(observation, now, k8s, modal_min)
         summary = f"{rate:.2f} req/s, {capacity:.2f}/replica;" + (
             f" k8s {k8s}" if k8s is not None else ""
@@ -130,14 +138,14 @@ class ControllerPolicy:
         self.last = Decision(k8s, modal_min, modal_buffer, reason)
         return self.last
 
-    def _plan_kubernetes(self, now, capacity, floor, details) -> int | None:
+    def _plan_kubernetes(self, now, capacity, floor, backlog_rate, details) -> int | None:
         k8s = self.target.kubernetes_pool
         if not k8s:
             return None
         band = self.forecaster.forecast(now, k8s.startup_seconds.high + self.tick_s)
         details.update(k8s_forecast=band.point, k8s_upper=band.upper)
         if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
-            return max(self._replicas(band.upper, capacity), floor)
+            return max(self._replicas(band.upper + backlog_rate, capacity), floor)
         # Hybrid: the base layer — load present often enough that an hourly-billed pod beats
         # per-second Modal; what exceeds the pods spills over to Modal.
         window = self.p.base_load_window_seconds
@@ -145,7 +153,7 @@ class ControllerPolicy:
         details["k8s_base_rate"] = base
         return round(base / capacity)
 
-    def _plan_modal(self, now, capacity, k8s, floor, details):
+    def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for."""
         modal = self.target.modal_pool
         if not modal:
@@ -156,10 +164,10 @@ class ControllerPolicy:
             # Spill-over beyond the pods is absorbed by Modal's autoscaler within seconds;
             # warm up front only the load that pods still starting will carry later.
             ready, desired = k8s
-            gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0)
+            gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0) + backlog_rate
             details["modal_gap_rate"] = gap
             return self._replicas(gap, capacity), 0
-        wanted = max(self._replicas(band.point, capacity), floor)
+        wanted = max(self._replicas(band.point + backlog_rate, capacity), floor)
         spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
         return wanted, math.ceil(self.p.modal_buffer_fraction * spread)
 
@@ -199,6 +207,13 @@ class ControllerPolicy:
                 modal.desired if modal and self.target.modal_pool else None,
                 None, Reason("hold", why),
             )  # fmt: skip
+        # A held value counts as recommended: after an outage, scale-down still waits for a
+        # full stabilisation window of fresh recommendations.
+        now = observation.time
+        if self.k8s_guard and last.kubernetes_replicas is not None:
+            self.k8s_guard.remember(last.kubernetes_replicas, now)
+        if self.modal_guard and last.modal_min_containers is not None:
+            self.modal_guard.remember(last.modal_min_containers, now)
         return Decision(
             last.kubernetes_replicas, last.modal_min_containers, last.modal_buffer_containers,
             Reason("hold", why, {"held_from": last.reason.summary}),

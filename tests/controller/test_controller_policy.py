@@ -131,3 +131,28 @@ def test_slo_pressure_adds_capacity_even_when_the_forecast_says_enough():
         b = pressed.decide(observe(now, 5.0, (4, 0, 4), ttft=10.0, waiting=30), now)
     assert b.kubernetes_replicas > a.kubernetes_replicas
     assert b.reason.driver == "pressure"
+
+
+def test_after_a_metrics_outage_scale_down_still_waits_a_full_window():
+    p = policy("targets.0.modal.enabled=false")
+    window = p.p.scale_down_stabilization_seconds
+    high = replay(p, [20.0] * 20)[-1].kubernetes_replicas
+    now = 20 * TICK
+    outage_end = now + 2 * window
+    while now < outage_end:  # longer than the window: every tick holds
+        obs = Observation(time=now, kubernetes=PoolState(high, 0, high, now))
+        assert p.decide(obs, now).kubernetes_replicas == high
+        now += TICK
+    first = p.decide(observe(now, 1.0, (high, 0, high)), now)
+    assert first.kubernetes_replicas == high  # no scale-down on the first fresh tick
+
+
+def test_queued_requests_add_capacity_in_proportion_and_drop_once_drained():
+    p = policy()
+    replay(p, [2.0] * 40)
+    now = 40 * TICK
+    calm = p.decide(observe(now, 2.0, (2, 0, 2), (0, 0, 0)), now)
+    queued = p.decide(observe(now + TICK, 2.0, (2, 0, 2), (0, 0, 0), waiting=60), now + TICK)
+    assert queued.modal_min_containers > calm.modal_min_containers  # seconds, not minutes
+    assert queued.reason.driver == "pressure"
+    assert queued.kubernetes_replicas >= calm.kubernetes_replicas  # never shrinks under pressure
