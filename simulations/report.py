@@ -41,7 +41,6 @@ def _plot_capacity(result: SimResult, trace: Trace, hours: np.ndarray, path: Pat
     ticks = np.diff(np.asarray(tl.time), prepend=0)
     rate = np.divide(arrivals, ticks, out=np.zeros(len(ticks)), where=ticks > 0)
     ax.plot(hours, rate, color="0.6", lw=0.8, label="arrivals (req/s)")
-    ax.set_xlabel("hours")
     ax.set_ylabel("requests/s")
     twin = ax.twinx()
     twin.step(hours, tl.k8s_ready, where="post", color="tab:blue", label="Kubernetes ready")
@@ -49,10 +48,7 @@ def _plot_capacity(result: SimResult, trace: Trace, hours: np.ndarray, path: Pat
     twin.set_ylabel("ready replicas / containers")
     lines = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
     ax.legend(lines, [line.get_label() for line in lines], loc="upper left", fontsize=8)
-    ax.set_title(f"{result.policy}: arrivals and ready capacity per pool ({trace.name})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, f"{result.policy}: arrivals and ready capacity per pool ({trace.name})", path)
 
 
 def _plot_ttft(result: SimResult, target: Target, hours: np.ndarray, path: Path) -> None:
@@ -60,13 +56,9 @@ def _plot_ttft(result: SimResult, target: Target, hours: np.ndarray, path: Path)
     ax.plot(hours, result.timeline.ttft_p99, lw=0.9, label="TTFT p99 over the metrics window")
     ax.axhline(target.slo.ttft_seconds, color="tab:red", ls="--", label="TTFT SLO")
     ax.set_yscale("log")
-    ax.set_xlabel("hours")
     ax.set_ylabel("seconds")
     ax.legend(fontsize=8)
-    ax.set_title(f"{result.policy}: time to first token against the SLO")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, ax, f"{result.policy}: time to first token against the SLO", path)
 
 
 def _plot_cost(result: SimResult, hours: np.ndarray, path: Path) -> None:
@@ -75,10 +67,14 @@ def _plot_cost(result: SimResult, hours: np.ndarray, path: Path) -> None:
     ax.plot(hours, tl.cost_k8s, label="Kubernetes")
     ax.plot(hours, tl.cost_modal, label="Modal")
     ax.plot(hours, np.add(tl.cost_k8s, tl.cost_modal), color="k", lw=1, label="total")
-    ax.set_xlabel("hours")
     ax.set_ylabel("cumulative cost ($)")
     ax.legend(fontsize=8)
-    ax.set_title(f"{result.policy}: cumulative cost per pool")
+    _save(fig, ax, f"{result.policy}: cumulative cost per pool", path)
+
+
+def _save(fig, ax, title: str, path: Path) -> None:
+    ax.set_xlabel("hours")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
