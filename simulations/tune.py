@@ -145,17 +145,17 @@ def tuned_config(
     return edit_target(config, target_name, edit)
 
 
+def max_capacity(target: Target) -> tuple[int, int]:
+    """Kubernetes replicas and Modal containers with every pool at its maximum."""
+    k8s, modal = target.kubernetes_pool, target.modal_pool
+    return (k8s.max_replicas if k8s else 0), (modal.max_containers if modal else 0)
+
+
 def max_capacity_config(config: Config, target_name: str | None) -> Config:
     """The `static` policy holding every pool at its maximum."""
-
-    def edit(target: dict) -> None:
-        k8s, modal = target["kubernetes"], target["modal"]
-        target["policy"]["static"] = {
-            "kubernetes_replicas": k8s["max_replicas"] if k8s and k8s["enabled"] else 0,
-            "modal_min_containers": modal["max_containers"] if modal and modal["enabled"] else 0,
-        }
-
-    return edit_target(config, target_name, edit)
+    replicas, containers = max_capacity(pick_target(config, target_name))
+    static = {"kubernetes_replicas": replicas, "modal_min_containers": containers}
+    return edit_target(config, target_name, lambda target: target["policy"].update(static=static))
 
 
 def baselines_for(target: Target) -> list[str]:
@@ -176,7 +176,10 @@ def split_trace(trace: Trace, split: float) -> tuple[Trace, Trace]:
             f"--split {split} of {len(trace):,} requests over {trace.duration_s:.0f} s leaves a part "
             f"without requests ({exc})"
         ) from None
-    return replace(tuning, name=f"{trace.name} (tuning part)"), replace(held_out, name=f"{trace.name} (held-out part)")
+    return (
+        replace(tuning, name=f"{trace.name} (tuning part)"),
+        replace(held_out, name=f"{trace.name} (held-out part)"),
+    )
 
 
 def fingerprint(trace: Trace, config: Config, options: TuneOptions) -> str:
@@ -293,14 +296,13 @@ def check_reachable(trace: Trace, config: Config, target_name: str | None) -> di
     summary = simulate(trace, max_capacity_config(config, target_name), "static", target_name).summary
     target = pick_target(config, target_name)
     if summary["slo_attainment"] < target.slo.attainment:
-        k8s, modal = target.kubernetes_pool, target.modal_pool
+        replicas, containers = max_capacity(target)
         raise TuneError(
-            f"the SLO is out of reach: with every pool at its maximum "
-            f"({k8s.max_replicas if k8s else 0} Kubernetes replicas, "
-            f"{modal.max_containers if modal else 0} Modal containers) only "
-            f"{summary['slo_attainment']:.2%} of the tuning part's requests meet TTFT <= "
-            f"{target.slo.ttft_seconds} s, below the required {target.slo.attainment:.2%}; "
-            f"raise max_replicas / max_containers or relax the SLO of target {target.name!r}"
+            f"the SLO is out of reach: with every pool at its maximum ({replicas} Kubernetes "
+            f"replicas, {containers} Modal containers) only {summary['slo_attainment']:.2%} of the "
+            f"tuning part's requests meet TTFT <= {target.slo.ttft_seconds} s, below the required "
+            f"{target.slo.attainment:.2%}; raise max_replicas / max_containers or relax the SLO of "
+            f"target {target.name!r}"
         )
     return summary
 
