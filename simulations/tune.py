@@ -12,7 +12,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -259,7 +259,7 @@ def run_trials(
             pool.submit(work, storage, options.study_name, n, objective)
             for n in shares(options.trials, options.workers)
         ]
-        while wait(futures, timeout=POLL_SECONDS, return_when=FIRST_EXCEPTION).not_done:
+        while wait(futures, timeout=POLL_SECONDS).not_done:
             if on_trial:
                 on_trial(min(finished(study) - before, options.trials))
         for future in futures:
