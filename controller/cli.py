@@ -236,6 +236,77 @@ def generate(
     console.print(f"{len(trace):,} requests over {trace.duration_s / 3600:.2f} h -> {out}")
 
 
+@app.command()
+def profile(
+    endpoint: Annotated[str, typer.Option(help="Base URL of a live vLLM server")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Profile YAML to write (plot and CSV beside it)")],
+    model: Annotated[Optional[str], typer.Option(help="Served model (default: the only one)")] = None,
+    trace: Annotated[Optional[Path], typer.Option("--trace", "-t", help="Draw lengths from this trace")] = None,
+    prompt_tokens: Annotated[int, typer.Option(help="Prompt length (without --trace)")] = 256,
+    output_tokens: Annotated[int, typer.Option(help="Output length (without --trace)")] = 64,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated concurrency steps")] = "1,2,4,8,16",
+    duration_per_step: Annotated[float, typer.Option(help="Seconds of load per step")] = 20.0,
+    max_num_seqs: Annotated[Optional[int], typer.Option(help="The server's --max-num-seqs (default: seen)")] = None,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="The server's --max-num-batched-tokens")] = 2048,
+    gpu: Annotated[str, typer.Option(help="Accelerator name recorded in the profile")] = "unspecified",
+    seed: int = 0,
+) -> None:
+    """Measure a live vLLM server under a load sweep and fit its replica profile."""
+    import asyncio
+
+    from ..simulations.loadgen import EndpointError
+    from ..simulations.profiling import (
+        Lengths, ProfilingError, SweepOptions, build_profile, fit, fit_summary, run_sweep, write_profile,
+    )  # fmt: skip
+
+    lengths = (Lengths.of_trace(_trace(trace, None, None, 1.0, 1.0, False, seed)) if trace
+               else Lengths.fixed(prompt_tokens, output_tokens))  # fmt: skip
+    try:
+        steps = tuple(int(c) for c in concurrency.split(","))
+        options = SweepOptions(lengths, steps, duration_per_step, seed, model)
+        sweep = asyncio.run(run_sweep(endpoint, options, lambda c: console.print(f"concurrency {c} ...")))
+        fitted = fit(sweep.measurements)
+        result = build_profile(sweep, fitted, out.stem, gpu, max_num_seqs, max_num_batched_tokens)
+    except (EndpointError, ProfilingError, ProfileError, ValueError) as exc:
+        fail(str(exc))
+    written = write_profile(result, fitted, sweep, out)
+    for line in fit_summary(fitted):
+        console.print(line)
+    console.print(f"{len(sweep.measurements.sent)} requests -> {', '.join(map(str, written))}")
+
+
+@app.command()
+def fidelity(
+    endpoint: Annotated[str, typer.Option(help="Base URL of a live vLLM server")],
+    profile: Annotated[Path, typer.Option(help="Replica profile fitted on another load sweep")],
+    trace: TraceOpt,
+    out: OutOpt = Path("out/fidelity"),
+    model: Annotated[Optional[str], typer.Option(help="Served model (default: the only one)")] = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    rate_scale: RateOpt = 1.0,
+    burst: Annotated[
+        Optional[str], typer.Option(help="START:END:FACTOR: multiply the rate over that stretch (s into the slice)")
+    ] = None,
+    seed: int = 0,
+) -> None:
+    """Replay a trace slice in real time against a live server and through the simulator with
+    the profile (one static replica); write fidelity.md, fidelity.json and fidelity.png."""
+    from ..simulations.fidelity import Burst, FidelityOptions, run_fidelity
+    from ..simulations.loadgen import EndpointError
+
+    requests = _trace(trace, start, end, rate_scale, 1.0, False, seed)
+    try:
+        options = FidelityOptions(profile, Burst.parse(burst) if burst else None, model, seed)
+        report = run_fidelity(endpoint, requests, options, out)
+    except (EndpointError, ProfileError, ConfigError, ValueError) as exc:
+        fail(str(exc))
+    for stretch, r in report["stretches"].items():
+        errors = ", ".join(f"{k} {v:+.1%}" for k, v in r["relative_error"].items())
+        console.print(f"{stretch}: {errors}")
+    console.print(f"-> {out}/fidelity.md, {out}/fidelity.json, {out}/fidelity.png")
+
+
 @app.command("check-config")
 def check_config(
     path: Annotated[Path, typer.Argument(help="YAML config to validate")],

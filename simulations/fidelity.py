@@ -1,0 +1,214 @@
+"""How close the simulator is to a real server (`vllm-autoscaler fidelity`).
+
+A slice of a trace is replayed in real time against a live vLLM endpoint, and through the
+simulator (one static replica with the given profile, no autoscaling) with the very arrival
+times at which the client sent each request. An optional burst multiplies the request rate
+over a stretch so that requests queue: the report splits every figure into the normal and the
+overloaded stretch (by arrival).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config.schema import Config
+from ..controller.profile import load_profile
+from .loadgen import LoadClient, discover, fit_lengths, session
+from .run import simulate
+from .traces import Trace, scale_rate, slice_trace
+
+METRICS = ("ttft_p50", "ttft_p95", "e2e_p50", "e2e_p95", "throughput")
+
+
+@dataclass(frozen=True)
+class Burst:
+    """Multiply the request rate by `factor` for arrivals in [start_s, end_s) of the slice."""
+
+    start_s: float
+    end_s: float
+    factor: float
+
+    @classmethod
+    def parse(cls, text: str) -> Burst:
+        try:
+            start, end, factor = (float(v) for v in text.split(":"))
+        except ValueError:
+            raise ValueError(f"burst {text!r}: expected START:END:FACTOR, e.g. 60:90:3") from None
+        if not (0 <= start < end and factor > 0):
+            raise ValueError(f"burst {text!r}: need 0 <= START < END and FACTOR > 0")
+        return cls(start, end, factor)
+
+    def apply(self, trace: Trace, seed: int) -> Trace:
+        if self.start_s >= trace.duration_s:
+            raise ValueError(f"burst starts at {self.start_s:g} s, after the slice's last request")
+        parts = []
+        for start, end, factor in ((0.0, self.start_s, 1.0), (self.start_s, self.end_s, self.factor),
+                                   (self.end_s, None, 1.0)):  # fmt: skip
+            inside = trace.arrival_s >= start
+            if end is not None:
+                inside &= trace.arrival_s < end
+            if inside.any():
+                part = scale_rate(slice_trace(trace, start, end), factor, seed) if factor != 1 else slice_trace(trace, start, end)
+                parts.append((part.arrival_s + start, part.prompt_tokens, part.output_tokens))
+        arrival, prompt, output = (np.concatenate(c) for c in zip(*parts))
+        return Trace(arrival, prompt, output, name=trace.name)
+
+    def covers(self, arrival_s: np.ndarray) -> np.ndarray:
+        return (arrival_s >= self.start_s) & (arrival_s < self.end_s)
+
+
+@dataclass(frozen=True)
+class Run:
+    """Per request, seconds from the replay's start: arrival (as sent), first token, end."""
+
+    arrival: np.ndarray
+    first: np.ndarray  # NaN: failed
+    end: np.ndarray
+    output: np.ndarray
+
+
+async def replay_live(url: str, trace: Trace, model: str | None, seed: int) -> tuple[Trace, Run, int]:
+    """Replay `trace` (lengths fitted to the model's context) against the server; returns the
+    trace as replayed, what happened, and how many requests failed."""
+    async with session() as client:
+        endpoint = await discover(client, url, model)
+        prompt, output = fit_lengths(trace.prompt_tokens, trace.output_tokens, endpoint.max_model_len)
+        trace = Trace(trace.arrival_s, prompt, output, name=trace.name)
+        load = LoadClient(client, endpoint, seed)
+        await load.complete(16, 2)  # the first request to a fresh server is slow
+        outcomes = await load.replay(trace)
+    zero = min(o.sent for o in outcomes) - float(trace.arrival_s[0])
+    failed = np.array([o.error is not None for o in outcomes])
+    first = np.array([o.first for o in outcomes]) - zero
+    end = np.array([o.end for o in outcomes]) - zero
+    first[failed], end[failed] = np.nan, np.nan
+    sent = np.array([o.sent for o in outcomes]) - zero
+    return trace, Run(sent, first, end, output), int(failed.sum())
+
+
+def single_replica_config(profile_path: Path, seed: int) -> Config:
+    return Config.model_validate({
+        "tick_seconds": 1,
+        "targets": [{
+            "name": "fidelity", "profile": str(profile_path), "modal": None,
+            "kubernetes": {"min_replicas": 1, "max_replicas": 1,
+                           "startup_seconds": {"low": 0, "mode": 0, "high": 0}},
+            "policy": {"static": {"kubernetes_replicas": 1}},
+        }],
+        "simulation": {"seed": seed, "warmup_seconds": 0, "request_timeout_seconds": 3600},
+    })  # fmt: skip
+
+
+def simulate_run(live: Run, trace: Trace, profile_path: Path, seed: int) -> Run:
+    """The replay through the simulator, requests arriving when the client sent them."""
+    order = np.argsort(live.arrival, kind="stable")
+    sent = Trace(live.arrival[order], trace.prompt_tokens[order], trace.output_tokens[order])
+    result = simulate(sent, single_replica_config(profile_path, seed), "static")
+    first, end = np.empty(len(order)), np.empty(len(order))
+    first[order] = sent.arrival_s + result.ttft
+    end[order] = sent.arrival_s + result.e2e
+    return Run(live.arrival, first, end, live.output)
+
+
+def figures(run: Run, chosen: np.ndarray) -> dict[str, float]:
+    ok = chosen & ~np.isnan(run.end)
+    ttft, e2e = (run.first - run.arrival)[ok], (run.end - run.arrival)[ok]
+    span = run.end[ok].max() - run.arrival[chosen].min()
+    return {
+        "requests": int(chosen.sum()), "completed": int(ok.sum()),
+        "ttft_p50": float(np.percentile(ttft, 50)), "ttft_p95": float(np.percentile(ttft, 95)),
+        "e2e_p50": float(np.percentile(e2e, 50)), "e2e_p95": float(np.percentile(e2e, 95)),
+        "throughput": float(run.output[ok].sum() / span),  # output tokens per second
+    }  # fmt: skip
+
+
+def compare(live: Run, simulated: Run, burst: Burst | None) -> dict[str, dict]:
+    """Per stretch (all, normal, overloaded): live and simulated figures, relative errors."""
+    everything = np.ones(len(live.arrival), bool)
+    stretches = {"all": everything}
+    if burst is not None:
+        stretches |= {"normal": ~burst.covers(live.arrival), "overloaded": burst.covers(live.arrival)}
+    report = {}
+    for name, chosen in stretches.items():
+        if not chosen.any():
+            continue
+        real, sim = figures(live, chosen), figures(simulated, chosen)
+        error = {k: sim[k] / real[k] - 1 for k in METRICS}
+        report[name] = {"live": real, "simulated": sim, "relative_error": error}
+    return report
+
+
+@dataclass(frozen=True)
+class FidelityOptions:
+    profile: Path
+    burst: Burst | None = None
+    model: str | None = None
+    seed: int = 0
+
+
+def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) -> dict:
+    load_profile(str(options.profile))  # a bad profile fails before the replay, not after
+    if options.burst is not None:
+        trace = options.burst.apply(trace, options.seed)
+    replayed, live, failed = asyncio.run(replay_live(url, trace, options.model, options.seed))
+    simulated = simulate_run(live, replayed, options.profile, options.seed)
+    lateness = live.arrival - replayed.arrival_s
+    report = {
+        "endpoint": url, "profile": str(options.profile), "trace": trace.name,
+        "requests": len(replayed), "failed_live": failed,
+        "burst": None if options.burst is None else vars(options.burst),
+        "send_lateness_p95_s": float(np.percentile(lateness, 95)),
+        "load_average": os.getloadavg()[0],
+        "stretches": compare(live, simulated, options.burst),
+    }  # fmt: skip
+    write_report(report, live, simulated, options.burst, out)
+    return report
+
+
+def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fidelity.json").write_text(json.dumps(report, indent=2))
+    lines = [
+        "# Simulator fidelity", "",
+        f"{report['requests']} requests of {report['trace']} replayed against {report['endpoint']} "
+        f"and simulated with {report['profile']} (one static replica). Failed live: "
+        f"{report['failed_live']}; client send lateness p95 {report['send_lateness_p95_s'] * 1e3:.1f} ms; "
+        f"load average {report['load_average']:.1f}.", "",
+        "| stretch | figure | live | simulated | error |", "|---|---|---:|---:|---:|",
+    ]  # fmt: skip
+    for stretch, r in report["stretches"].items():
+        for k in METRICS:
+            unit = "tok/s" if k == "throughput" else "s"
+            lines.append(f"| {stretch} | {k} ({unit}) | {r['live'][k]:.3f} | {r['simulated'][k]:.3f} | "
+                         f"{r['relative_error'][k]:+.1%} |")  # fmt: skip
+    lines += ["", "![fidelity](fidelity.png)", ""]
+    (out / "fidelity.md").write_text("\n".join(lines))
+    plot(live, simulated, burst, out / "fidelity.png")
+
+
+def plot(live: Run, simulated: Run, burst: Burst | None, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6), sharex=True)
+    for run, label, style in ((live, "live", "o"), (simulated, "simulated", "x")):
+        top.plot(run.arrival, run.first - run.arrival, style, ms=3, alpha=0.6, label=label)
+        bottom.plot(run.arrival, run.end - run.arrival, style, ms=3, alpha=0.6, label=label)
+    for ax in (top, bottom):
+        if burst is not None:
+            ax.axvspan(burst.start_s, burst.end_s, color="orange", alpha=0.15, label="burst")
+        ax.set_yscale("log")
+    top.set(ylabel="TTFT (s)", title="Per request, by arrival: live server against the simulator")
+    bottom.set(ylabel="E2E latency (s)", xlabel="arrival (s into the replay)")
+    top.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
