@@ -22,6 +22,7 @@ from fixtures.realparts import (
     send_completions,
 )
 from prometheus_api_client import PrometheusConnect
+from prometheus_client.parser import text_string_to_metric_families
 from vllm_autoscaler.config.schema import PrometheusSource
 from vllm_autoscaler.controller.types import Observation
 from vllm_autoscaler.metrics.common import (
@@ -35,12 +36,12 @@ from vllm_autoscaler.metrics.vllm_names import Signal
 
 pytestmark = pytest.mark.realparts
 
-# ~4 s on 2 cores. Arriving faster than the server serves them, requests queue in vLLM; spaced,
-# they do not queue in its HTTP front end, which vLLM's TTFT clock does not see.
-REQUESTS, MAX_TOKENS, SPACING_S = 64, 128, 0.04
+# Arriving 10/s, faster than vLLM serves 512-token requests (~3/s here), the requests queue
+# inside vLLM, where its TTFT clock sees them, not in its HTTP front end, where it does not.
+REQUESTS, MAX_TOKENS, SPACING_S = 32, 512, 0.1  # ~6-10 s
 SELECTOR = {"model_name": MODEL_NAME}
 SCRAPE_INTERVAL_S = 1.0  # the fixture's Prometheus
-FRONT_END_S = 0.25  # at most, per request, between the client and vLLM's arrival clock
+FRONT_END_S = 0.25  # HTTP and tokenizing ahead of vLLM's clock, on an idle machine
 
 
 def prometheus_source(url: str, window_s: float, **selector: str) -> PrometheusMetrics:
@@ -56,6 +57,9 @@ class Burst:
     after: dict[str, Observation]  # over a window holding the whole burst and nothing else
     window_s: float  # the Prometheus window of `after`
     ttft_bounds: list[float]  # the TTFT histogram's bucket upper bounds
+    # Mean time a request spent outside vLLM's clock (HTTP, tokenizing, streaming): what the
+    # client measured end to end minus what vLLM's e2e latency histogram counted.
+    front_end_s: float
 
 
 async def record_burst(vllm: str, prometheus: str) -> Burst:
@@ -68,6 +72,7 @@ async def record_burst(vllm: str, prometheus: str) -> Burst:
         return dict(zip(sources, await asyncio.gather(*(polling[s].collect() for s in sources))))
 
     spanning_before = await spanning.collect()
+    e2e_before = e2e_latency_sum(await _metrics_text(vllm))
     # Quiet first, so that the window computed after the burst sees nothing older.
     await asyncio.sleep(3 * SCRAPE_INTERVAL_S)
     before = {**await poll(), "spanning": spanning_before}
@@ -85,10 +90,18 @@ async def record_burst(vllm: str, prometheus: str) -> Burst:
     prometheus_after = await prometheus_source(prometheus, window_s).collect()
     await polling["scrape"].aclose()
     await spanning.aclose()
-    bounds = sorted(parse_replica(await _metrics_text(vllm), 0).histograms[Signal.TTFT])
+    text = await _metrics_text(vllm)
+    bounds = sorted(parse_replica(text, 0).histograms[Signal.TTFT])
+    front_end_s = (sum(c.duration for c in completions)
+                   - (e2e_latency_sum(text) - e2e_before)) / len(completions)
     return Burst(completions, before, polled,
                  {"prometheus": prometheus_after, "scrape": scrape_after},
-                 math.ceil(window_s), bounds)
+                 math.ceil(window_s), bounds, front_end_s)
+
+
+def e2e_latency_sum(text: str) -> float:
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "vllm:e2e_request_latency_seconds_sum")
 
 
 async def _metrics_text(vllm: str) -> str:
@@ -122,13 +135,15 @@ def test_ttft_quantiles_agree_with_what_the_client_measured(burst: Burst, source
     after = burst.after[source]
     for p, q in QUANTILES.items():
         estimate = getattr(after, f"ttft_{p}").value
-        # The estimate interpolates inside the bucket holding the true quantile: the client's
-        # figure must lie in that bucket, give or take the HTTP and tokenizing ahead of vLLM's
-        # clock (the client's figure includes them).
+        # The estimate interpolates inside the bucket holding the true quantile. The client's
+        # figure adds the time spent outside vLLM's clock: it lies at or above that bucket, and
+        # above it by no more than that time (twice its mean, under uneven CPU contention).
         upper = next(b for b in burst.ttft_bounds if b >= estimate)
         lower = max((b for b in burst.ttft_bounds if b < upper), default=0.0)
         measured = client_quantile(burst.completions, q)
-        assert lower <= measured <= upper + FRONT_END_S, (p, estimate, measured, lower, upper)
+        allowance = FRONT_END_S + 2 * burst.front_end_s
+        assert lower <= measured <= upper + allowance, (
+            p, estimate, measured, lower, upper, burst.front_end_s)
 
 
 def test_the_scrape_window_holds_exactly_the_burst(burst: Burst):
@@ -190,7 +205,7 @@ async def test_a_killed_vllm_server_is_not_counted_as_zeros(
     both = ScrapeMetrics(static_targets([vllm_server, own_vllm_server.url]), timeout_s=5)
     assert (await both.collect()).replicas_reporting.value == 2
     own_vllm_server.kill()
-    load = asyncio.create_task(send_completions(vllm_server, 10 * MAX_NUM_SEQS, MAX_TOKENS))
+    load = asyncio.create_task(send_completions(vllm_server, 4 * MAX_NUM_SEQS, max_tokens=256))
     observations = []
     while not load.done():
         observations.append(await both.collect())
