@@ -142,7 +142,7 @@ def compare(
             )  # fmt: skip
     except (ConfigError, ProfileError, ValueError) as exc:
         fail(str(exc))
-    write_comparison(results, chosen, out)
+    write_comparison({name: r.summary for name, r in results.items()}, chosen, out)
     table = Table(title=f"{requests.name}: {len(requests):,} requests")
     for column in ("policy", "SLO attainment", "TTFT p99 (s)", "cost ($)", "K8s GPU-h", "Modal GPU-h", "failed"):
         table.add_column(column, justify="right")

@@ -117,13 +117,14 @@ Failed requests by reason:
 """
 
 
-def write_comparison(results: dict[str, SimResult], target: Target, out: Path) -> None:
+def write_comparison(
+    summaries: dict[str, dict], target: Target, out: Path, title: str = "Policies on the same trace"
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    data = {name: r.summary for name, r in results.items()}
-    (out / "compare.json").write_text(json.dumps(data, indent=2) + "\n")
-    names = list(results)
-    costs = [results[n].summary["cost_total"] for n in names]
-    attain = [results[n].summary["slo_attainment"] for n in names]
+    (out / "compare.json").write_text(json.dumps(summaries, indent=2) + "\n")
+    names = list(summaries)
+    costs = [summaries[n]["cost_total"] for n in names]
+    attain = [summaries[n]["slo_attainment"] for n in names]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     colors = ["tab:green" if a >= target.slo.attainment else "tab:red" for a in attain]
     left.barh(names, costs, color=colors)
@@ -133,7 +134,7 @@ def write_comparison(results: dict[str, SimResult], target: Target, out: Path) -
     right.set_xlabel("requests within the TTFT SLO (%)")
     right.set_xlim(min(90.0, 100 * min(attain)), 100)
     right.set_yticks([])
-    fig.suptitle("Policies on the same trace")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out / "compare.png", dpi=110)
     plt.close(fig)

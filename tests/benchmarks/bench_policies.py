@@ -13,6 +13,7 @@ from pathlib import Path
 
 from vllm_autoscaler.config.loader import load_config, shipped_path
 from vllm_autoscaler.simulations import generators
+from vllm_autoscaler.simulations.report import write_comparison
 from vllm_autoscaler.simulations.run import compare
 from vllm_autoscaler.simulations.traces import load_trace
 
@@ -71,9 +72,8 @@ def main() -> None:
               f"${row['controller_cost']:.2f} | / hpa@slo {row['vs_cheapest_hpa_at_slo (<=0.65)'] or float('nan'):.2f}"
               f" / modal-only {row['vs_modal_only (<=0.80)']:.2f} / oracle {row['vs_oracle (<=1.15)']:.2f}"
               f" / static-peak {row['vs_static_peak']:.2f}", flush=True)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{name}.json").write_text(
-            json.dumps({n: r.summary for n, r in results.items()}, indent=1))
+        summaries = {n: r.summary for n, r in results.items()}
+        write_comparison(summaries, config.targets[0], args.out / name, f"{name}: {len(trace):,} requests")
     (args.out / "verdict.json").write_text(json.dumps(table, indent=1))
 
 
