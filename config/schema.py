@@ -77,8 +77,10 @@ class ModalPool(Section):
     max_containers: Annotated[int, Field(ge=1)] = 20
     buffer_containers: NonNegInt = 0
     scaledown_window_seconds: Annotated[float, Field(ge=2, le=3600)] = 60
-    # Inputs one container takes at once (@modal.concurrent(max_inputs=...)).
+    # Inputs one container takes at once (@modal.concurrent(max_inputs=...)), and the level
+    # per container above which Modal starts more (target_inputs; default: max_inputs).
     max_inputs: Annotated[int, Field(ge=1)] = 16
+    target_inputs: Annotated[int, Field(ge=1)] | None = None
     gpus_per_container: Annotated[int, Field(ge=1)] = 1
     price_per_gpu_second: NonNegFloat = 0.000306
     # Region selection / non-preemptible multipliers on Modal's list price.
@@ -264,8 +266,6 @@ class Simulation(Section):
     spill_waiting: Annotated[int, Field(ge=1)] = 1
     # Histogram quantiles are computed over this window, as PromQL's rate(...[window]).
     metrics_window_seconds: PositiveFloat = 60
-    # Modal scales up when backlog per container exceeds this many inputs.
-    modal_target_inputs: Annotated[int, Field(ge=1)] | None = None
 
 
 class Config(Section):

@@ -190,12 +190,12 @@ class SimModalPool(Pool):
 
     name = "modal"
 
-    def __init__(self, sim: Simulation, config: ModalPool, target_inputs: int):
+    def __init__(self, sim: Simulation, config: ModalPool):
         super().__init__(sim, config.price_per_container_second, config.gpus_per_container)
         self.config = config
         self.min_containers = config.min_containers
         self.buffer_containers = config.buffer_containers
-        self.target_inputs = min(target_inputs, config.max_inputs)
+        self.target_inputs = min(config.target_inputs or config.max_inputs, config.max_inputs)
         self.backlog: deque[int] = deque()
         self.inputs: dict[Server, int] = {}
 

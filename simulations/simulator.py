@@ -121,8 +121,7 @@ class Simulation:
         self.tokens_done = 0
         k8s, modal = target.kubernetes_pool, target.modal_pool
         self.k8s = SimKubernetesPool(self, k8s) if k8s else None
-        target_inputs = config.simulation.modal_target_inputs or profile.max_num_seqs
-        self.modal = SimModalPool(self, modal, target_inputs) if modal else None
+        self.modal = SimModalPool(self, modal) if modal else None
         self.pools: list[Pool] = [p for p in (self.k8s, self.modal) if p is not None]
         self.router = Router(self, config.simulation.spill_waiting)
         self.timeline = Timeline()
