@@ -195,18 +195,22 @@ class Replica:
             else:
                 self._prefill_done(req, now)
         self.step_chunks = []
-        self._finish_due(now)
-        self._relieve_kv()
-        self._admit(now)
-        self._plan(now)
+        self._continue(now)
 
     def _on_decode(self, now: float, version: int) -> None:
         if version != self.version:
             return
         self._advance(now)
+        self._continue(now)
+
+    def _continue(self, now: float) -> None:
+        """After a step or decode event: retire finished sequences, make room in the KV
+        cache, admit what now fits, and plan what comes next."""
         self._finish_due(now)
-        self._relieve_kv()
-        self._admit(now)
+        if self.decoding and self._kv_room() < len(self.decoding) + EPS:
+            self._relieve_kv()
+        if self.waiting:
+            self._admit(now)
         self._plan(now)
 
     def _prefill_done(self, req: int, now: float) -> None:

