@@ -256,7 +256,8 @@ def profile(
 
     from ..simulations.loadgen import EndpointError
     from ..simulations.profiling import (
-        Lengths, ProfilingError, SweepOptions, build_profile, fit, fit_summary, run_sweep, write_profile,
+        Lengths, ProfilingError, SweepOptions, build_profile, fit, fit_summary, resolve_max_num_seqs,
+        run_sweep, write_profile,
     )  # fmt: skip
 
     lengths = (Lengths.of_trace(_trace(trace, None, None, 1.0, 1.0, False, seed)) if trace
@@ -265,8 +266,9 @@ def profile(
         steps = tuple(int(c) for c in concurrency.split(","))
         options = SweepOptions(lengths, steps, duration_per_step, seed, model)
         sweep = asyncio.run(run_sweep(endpoint, options, lambda c: console.print(f"concurrency {c} ...")))
-        fitted = fit(sweep.measurements)
-        result = build_profile(sweep, fitted, out.stem, gpu, max_num_seqs, max_num_batched_tokens)
+        seqs = resolve_max_num_seqs(sweep, max_num_seqs)
+        fitted = fit(sweep.measurements, seqs[0])
+        result = build_profile(sweep, fitted, out.stem, gpu, seqs, max_num_batched_tokens)
     except (EndpointError, ProfilingError, ProfileError, ValueError) as exc:
         fail(str(exc))
     written = write_profile(result, fitted, sweep, out)

@@ -4,7 +4,9 @@ Every request is a streamed completion of exact length: the prompt is a list of 
 (so its length is exact whatever the tokenizer does with text) drawn at random from the
 model's own vocabulary (so that no two prompts share a prefix the server could cache), and
 `ignore_eos` with `max_tokens` fixes the output length. Times are `time.perf_counter()`
-seconds as seen by this client: a request is *sent*, streams its *first* token, *ends*.
+seconds as seen by this client: a request is *sent*, streams its *first* token, *ends*. Only
+those three are used: vLLM sends the first token at once, but may send the others in batches
+(`--stream-interval`, or when its HTTP front end falls behind the engine).
 """
 
 from __future__ import annotations

@@ -2,10 +2,9 @@
 
 The sweep: closed-loop load at each concurrency in turn (that many users, each sending its
 next streamed completion when the last ends), with prompt and output lengths drawn from a
-trace or fixed. The client sees when each request was sent, streamed its first token and
-ended; from all of them together it knows, at any moment, which requests were decoding and
-how much context they held (a request's tokens arrive at an even pace between its first and
-last token).
+trace or fixed. The client knows when each request was sent, streamed its first token and
+ended; from all of them together it knows, at any moment, which requests were in flight and
+how much context they held (a request gains its tokens at an even pace).
 
 The fit: the profile's step model (controller/profile.py),
     step = decode_base + decode_per_seq * batch + decode_per_context_token * context
@@ -13,12 +12,16 @@ The fit: the profile's step model (controller/profile.py),
 by least squares on two kinds of rows, each kind in units of its median (relative errors)
 and weighing as much as the other:
 - TTFT of a request that found the server idle: one step, `decode_base + prefill * prompt`;
-- mean inter-token latency of every request: its decode steps averaged, with the mean batch
-  and context over its decode span and the prompts that other requests prefilled meanwhile
-  (those steps were longer) spread over its tokens.
-Coefficients are kept >= 0, and outliers weigh less (a robust loss). A second fit with two terms the profile has no room for (a fixed
-cost per step that carries prefill, and a TTFT overhead outside the engine) is reported next
-to it, to show how far the model is from what was measured.
+- mean step time over the life of a request the server admitted at once: its end-to-end
+  latency over its output tokens (one step per token, the first one carrying its prompt),
+  with the mean batch and context over its life and the prompts of the requests sent
+  meanwhile (their prefill lengthened its steps). End-to-end rather than inter-token
+  latency: vLLM may hold streamed tokens back (`--stream-interval`, or a front end short of
+  CPU), so only the request's start and end are trusted.
+Coefficients are kept >= 0, and outliers weigh less (a robust loss). A second fit with two
+terms the profile has no room for (a fixed cost per step that carries prefill, and a
+per-request overhead outside the engine) is reported next to it, to show how far the model
+is from what was measured.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ VLLM_DEFAULT_MAX_NUM_SEQS = 256
 WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initialisation)
 MAX_FAILED_SHARE = 0.05
 ROBUST_SCALE = 0.1
+WATCH_EVERY_S = 0.1
 
 
 class ProfilingError(ValueError):
@@ -86,19 +90,21 @@ class Measurements:
         return cls(*table.T)
 
 
-def decoding_state(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
-    """Mean batch size and mean context tokens over each request's decode span [first, end].
+def life_state(m: Measurements, max_num_seqs: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean batch size and mean context tokens over each request's life [sent, end].
 
-    Between two first/end events the decoding set is fixed: the batch is constant and the
-    context grows linearly (each request by its own token rate), so the integrals are exact.
+    Only when a request was sent and when it ended are trusted: vLLM may hold streamed tokens
+    back. A request in flight holds its prompt in the KV cache and gains its output at an
+    even pace; up to `max_num_seqs` of those in flight run. Between two sent/end events the
+    set in flight is fixed, so the integrals are exact.
     """
-    times = np.unique(np.concatenate([m.first, m.end]))
-    start, stop = np.searchsorted(times, m.first), np.searchsorted(times, m.end)
-    span = m.end - m.first
-    rate = np.divide(m.output - 1, span, out=np.zeros_like(span), where=span > 0)
-    offset = m.prompt + 1 - rate * m.first  # a request's context at t: offset + rate * t
+    times = np.unique(np.concatenate([m.sent, m.end]))
+    start, stop = np.searchsorted(times, m.sent), np.searchsorted(times, m.end)
+    span = m.end - m.sent
+    rate = m.output / span
+    offset = m.prompt - rate * m.sent  # a request's context at t: offset + rate * t
 
-    def decoding_sum(weights: np.ndarray) -> np.ndarray:  # per segment between events
+    def in_flight_sum(weights: np.ndarray) -> np.ndarray:  # per segment between events
         delta = np.zeros(len(times))
         np.add.at(delta, start, weights)
         np.add.at(delta, stop, -weights)
@@ -106,34 +112,41 @@ def decoding_state(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
 
     t0, t1 = times[:-1], times[1:]
     dt = t1 - t0
-    batch = np.r_[0.0, np.cumsum(decoding_sum(np.ones_like(rate)) * dt)]
-    context = np.r_[0.0, np.cumsum(decoding_sum(offset) * dt + decoding_sum(rate) * dt * (t0 + t1) / 2)]
-    safe = np.where(span > 0, span, 1.0)
-    return (batch[stop] - batch[start]) / safe, (context[stop] - context[start]) / safe
+    in_flight = in_flight_sum(np.ones_like(rate))
+    running = np.minimum(in_flight, max_num_seqs)
+    share = np.divide(running, in_flight, out=np.zeros_like(dt), where=in_flight > 0)
+    batch = np.r_[0.0, np.cumsum(running * dt)]
+    context = np.r_[0.0, np.cumsum(share * (in_flight_sum(offset) + in_flight_sum(rate) * (t0 + t1) / 2) * dt)]
+    return (batch[stop] - batch[start]) / span, (context[stop] - context[start]) / span
 
 
-def prefills_during_decode(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt tokens, and prompts, of other requests that got their first token while each
-    request was decoding (first, end]."""
-    order = np.argsort(m.first, kind="stable")
-    firsts = m.first[order]
+def prefills_during_life(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
+    """Prompt tokens, and prompts, of the other requests sent while each one was in flight."""
+    order = np.argsort(m.sent, kind="stable")
+    sent = m.sent[order]
     tokens = np.r_[0.0, np.cumsum(m.prompt[order])]
-    lo, hi = np.searchsorted(firsts, m.first, "right"), np.searchsorted(firsts, m.end, "right")
-    return tokens[hi] - tokens[lo], (hi - lo).astype(float)
+    lo, hi = np.searchsorted(sent, m.sent, "left"), np.searchsorted(sent, m.end, "left")
+    return tokens[hi] - tokens[lo] - m.prompt, (hi - lo - 1).astype(float)  # less its own
+
+
+def others_in_flight(m: Measurements, until: np.ndarray) -> np.ndarray:
+    """Other requests in flight at some moment between each request's sending and `until`."""
+    sent_by = np.searchsorted(np.sort(m.sent), until, "right") - 1  # not counting itself
+    ended_by = np.searchsorted(np.sort(m.end), m.sent, "right")
+    return sent_by - ended_by
 
 
 def alone(m: Measurements) -> np.ndarray:
     """Requests with no other request in flight between being sent and their first token."""
-    sent, ends = np.sort(m.sent), np.sort(m.end)
-    started_before_first = np.searchsorted(sent, m.first, "left")
-    ended_before_sent = np.searchsorted(ends, m.sent, "right")
-    return started_before_first - ended_before_sent - 1 == 0
+    return others_in_flight(m, m.first) == 0
 
 
 # ---- the fit --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rows:
-    """The fit's design: one row per TTFT or ITL observation; columns COEFFICIENTS + EXTRA_TERMS."""
+    """The fit's design: one row per observation, columns COEFFICIENTS + EXTRA_TERMS. Rows of
+    TTFT (requests alone on the server) and of mean step time over a request's life (its
+    end-to-end latency over its output tokens, for requests the server admitted at once)."""
 
     x: np.ndarray
     y: np.ndarray
@@ -142,35 +155,35 @@ class Rows:
     concurrency: np.ndarray
 
 
-def design(m: Measurements) -> Rows:
+def design(m: Measurements, max_num_seqs: int) -> Rows:
     lone = alone(m)
     ttft_x = np.column_stack([np.ones(lone.sum()), np.zeros((lone.sum(), 2)), m.prompt[lone],
                               np.ones((lone.sum(), 2))])  # fmt: skip
-    decodes = m.output >= 2
-    batch, context = decoding_state(m)
-    prefill_tokens, prefills = prefills_during_decode(m)
-    steps = m.output - 1
-    itl_x = np.column_stack([np.ones(len(m.sent)), batch, context, prefill_tokens / steps,
-                             prefills / steps, np.zeros(len(m.sent))])[decodes]  # fmt: skip
-    if lone.sum() < 3 or decodes.sum() < 3:
+    admitted = others_in_flight(m, m.sent) < max_num_seqs  # else it waited in vLLM's queue
+    batch, context = life_state(m, max_num_seqs)
+    prefill_tokens, prefills = prefills_during_life(m)
+    steps = m.output  # the prefill step, which gives the first token, and one per other token
+    life_x = np.column_stack([np.ones(len(m.sent)), batch, context, (m.prompt + prefill_tokens) / steps,
+                              (1 + prefills) / steps, 1 / steps])[admitted]  # fmt: skip
+    if lone.sum() < 3 or admitted.sum() < 3:
         raise ProfilingError(
             f"too few measurements to fit: {lone.sum()} requests alone on the server (need a "
-            f"concurrency-1 stage), {decodes.sum()} with 2+ output tokens"
+            f"concurrency-1 stage), {admitted.sum()} admitted at once"
         )
     return Rows(
-        x=np.vstack([ttft_x, itl_x]),
-        y=np.r_[m.first[lone] - m.sent[lone], (m.end - m.first)[decodes] / steps[decodes]],
-        is_ttft=np.r_[np.ones(lone.sum(), bool), np.zeros(decodes.sum(), bool)],
-        prompt=np.r_[m.prompt[lone], m.prompt[decodes]],
-        concurrency=np.r_[m.concurrency[lone], m.concurrency[decodes]],
+        x=np.vstack([ttft_x, life_x]),
+        y=np.r_[m.first[lone] - m.sent[lone], (m.end - m.sent)[admitted] / steps[admitted]],
+        is_ttft=np.r_[np.ones(lone.sum(), bool), np.zeros(admitted.sum(), bool)],
+        prompt=np.r_[m.prompt[lone], m.prompt[admitted]],
+        concurrency=np.r_[m.concurrency[lone], m.concurrency[admitted]],
     )
 
 
 def robust_nonneg_fit(x: np.ndarray, y: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Coefficients >= 0 minimising a soft-L1 loss of the residuals (x @ c - y) / scale: past
-    ROBUST_SCALE of `scale` a residual counts linearly, so that requests whose stream the
-    server merged (every token at once: ITL ~ 0) or that a neighbour's burst of CPU stalled do
-    not drag the fit."""
+    ROBUST_SCALE of `scale` a residual counts linearly, so that requests stalled by a burst of
+    CPU elsewhere, or whose first token the server's front end held back (then every token
+    comes at once: ITL ~ 0), do not drag the fit."""
     from scipy.optimize import least_squares
 
     columns = np.abs(x).max(axis=0)
@@ -187,9 +200,9 @@ class Fit:
     coefficients: dict[str, float]  # the profile's
     extended: dict[str, float]  # with EXTRA_TERMS
     ttft_error: float  # median |relative error| of the profile's model, TTFT rows
-    itl_error: float
+    step_error: float  # rows of mean step time over a request's life
     extended_ttft_error: float
-    extended_itl_error: float
+    extended_step_error: float
     rows: Rows = field(repr=False)
 
     def predict(self, extended: bool = False) -> np.ndarray:
@@ -204,15 +217,15 @@ def _fit_columns(rows: Rows, columns: int) -> np.ndarray:
     return robust_nonneg_fit(rows.x[:, :columns], rows.y, scale)
 
 
-def fit(m: Measurements) -> Fit:
-    rows = design(m)
+def fit(m: Measurements, max_num_seqs: int) -> Fit:
+    rows = design(m, max_num_seqs)
     base = dict(zip(COEFFICIENTS, _fit_columns(rows, len(COEFFICIENTS))))
     extended = dict(zip(COEFFICIENTS + EXTRA_TERMS, _fit_columns(rows, len(COEFFICIENTS + EXTRA_TERMS))))
     errors = {}
     for name, coef in (("", base), ("extended_", extended)):
         relative = np.abs(rows.x[:, : len(coef)] @ np.array(list(coef.values())) / rows.y - 1)
         errors[f"{name}ttft_error"] = float(np.median(relative[rows.is_ttft]))
-        errors[f"{name}itl_error"] = float(np.median(relative[~rows.is_ttft]))
+        errors[f"{name}step_error"] = float(np.median(relative[~rows.is_ttft]))
     return Fit(base, extended, rows=rows, **errors)
 
 
@@ -273,7 +286,7 @@ async def _watch(client, url: str, seen: dict[str, float], stop: asyncio.Event) 
         for name in ("num_requests_running", "num_requests_waiting"):
             seen[name] = max(seen.get(name, 0.0), gauge_total(text, name))
         try:
-            await asyncio.wait_for(stop.wait(), 0.25)
+            await asyncio.wait_for(stop.wait(), WATCH_EVERY_S)
         except asyncio.TimeoutError:
             pass
 
@@ -307,36 +320,31 @@ async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[int], N
                  int(seen.get("num_requests_waiting", 0)), len(failed), os.getloadavg()[0], started)  # fmt: skip
 
 
-def max_num_seqs_seen(sweep: Sweep) -> int | None:
-    """The server's max_num_seqs if the sweep saturated it: requests waited while fewer ran
-    than the clients kept in flight."""
+def resolve_max_num_seqs(sweep: Sweep, option: int | None) -> tuple[int, str]:
+    """The option, else what the server was seen running at most while requests waited
+    (its max_num_seqs, or what its KV cache allows), else vLLM's default; and how it was got."""
+    if option is not None:
+        return option, "max_num_seqs given"
     if sweep.max_waiting > 0 and sweep.max_running < sweep.measurements.concurrency.max():
-        return sweep.max_running
-    return None
+        return sweep.max_running, "max_num_seqs seen (requests waited)"
+    return VLLM_DEFAULT_MAX_NUM_SEQS, "max_num_seqs not reached: vLLM's default assumed"
 
 
-def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: int | None,
+def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: tuple[int, str],
                   max_num_batched_tokens: int) -> ReplicaProfile:
-    seen = max_num_seqs_seen(sweep)
-    if max_num_seqs is not None:
-        seqs_note = "max_num_seqs given"
-    elif seen is not None:
-        max_num_seqs, seqs_note = seen, "max_num_seqs seen (requests waited)"
-    else:
-        max_num_seqs, seqs_note = VLLM_DEFAULT_MAX_NUM_SEQS, "max_num_seqs not reached: vLLM's default assumed"
     m = sweep.measurements
     source = (
         f"measured by `vllm-autoscaler profile` on {sweep.started:%Y-%m-%d %H:%M} UTC against "
         f"{sweep.endpoint.url} ({sweep.endpoint.model}): {len(m.sent)} requests at concurrency "
-        f"{','.join(str(int(c)) for c in np.unique(m.concurrency))}; {seqs_note}; "
+        f"{','.join(str(int(c)) for c in np.unique(m.concurrency))}; {max_num_seqs[1]}; "
         f"load average {sweep.load_average:.1f}"
     )
     if fitted.coefficients["prefill_per_token_s"] <= 0 or fitted.coefficients["decode_base_s"] <= 0:
         raise ProfilingError(f"the fit gave no positive prefill or base step time: {fitted.coefficients}")
     return ReplicaProfile(
-        name=name, model=sweep.endpoint.model, gpu=gpu, source=source, max_num_seqs=max_num_seqs,
+        name=name, model=sweep.endpoint.model, gpu=gpu, source=source, max_num_seqs=max_num_seqs[0],
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=sweep.kv_cache_tokens,
-        **fitted.coefficients,
+        **{k: float(v) for k, v in fitted.coefficients.items()},
     )  # fmt: skip
 
 
@@ -344,10 +352,10 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
 def fit_summary(fitted: Fit) -> list[str]:
     ext = fitted.extended
     return [
-        f"fit: median relative error TTFT {fitted.ttft_error:.1%}, ITL {fitted.itl_error:.1%}",
+        f"fit: median relative error TTFT {fitted.ttft_error:.1%}, step time {fitted.step_error:.1%}",
         f"not in the profile's model: a step carrying prefill costs {ext['prefill_step_s'] * 1e3:.2f} ms "
         f"more, and TTFT has {ext['ttft_overhead_s'] * 1e3:.2f} ms outside the engine; with them "
-        f"the errors would be TTFT {fitted.extended_ttft_error:.1%}, ITL {fitted.extended_itl_error:.1%}",
+        f"the errors would be TTFT {fitted.extended_ttft_error:.1%}, step time {fitted.extended_step_error:.1%}",
     ]
 
 
@@ -385,7 +393,8 @@ def plot_fit(fitted: Fit, title: str, path: Path) -> None:
         right.scatter(predicted[at] * 1e3, rows.y[at] * 1e3, s=8, alpha=0.5, label=f"concurrency {int(c)}")
     top = max(rows.y[d].max(), predicted[d].max()) * 1e3
     right.plot([0, top], [0, top], "k--", lw=1)
-    right.set(xlabel="profile's ITL (ms)", ylabel="measured ITL (ms)", title="Mean inter-token latency per request")
+    right.set(xlabel="profile (ms)", ylabel="measured (ms)",
+              title="Mean step time over a request's life (E2E / output tokens)")  # fmt: skip
     right.legend(fontsize=8)
     fig.suptitle(f"{title}: fit against measurement")
     fig.tight_layout()

@@ -1,0 +1,74 @@
+"""Sweep measurements made by the simulator's engine with a known profile: what a client of a
+server that behaves exactly like the profile's model would measure."""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+from vllm_autoscaler.controller.profile import ReplicaProfile
+from vllm_autoscaler.simulations.engine import Replica
+from vllm_autoscaler.simulations.profiling import Measurements
+
+
+class ClosedLoopStage:
+    """`concurrency` users on one engine, each sending its next request when the last ends."""
+
+    def __init__(self, profile: ReplicaProfile, concurrency: int, duration_s: float,
+                 lengths: list[tuple[int, int]], rng: np.random.Generator):
+        self.engine = Replica(self, profile)
+        self.duration_s, self.lengths, self.rng = duration_s, lengths, rng
+        self.concurrency = concurrency
+        self.prompt: list[int] = []
+        self.output: list[int] = []
+        self.sent: list[float] = []
+        self.first: list[float] = []
+        self.end: list[float] = []
+        self.events: list = []
+        self.seq = 0
+
+    def schedule(self, time: float, callback, arg) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (time, self.seq, callback, arg))
+
+    def send(self, now: float) -> None:
+        prompt, output = self.lengths[self.rng.integers(len(self.lengths))]
+        req = len(self.prompt)
+        self.prompt.append(prompt)
+        self.output.append(output)
+        self.sent.append(now)
+        self.first.append(np.nan)
+        self.end.append(np.nan)
+        self.engine.enqueue(req, now)
+
+    def first_token(self, req: int, time: float) -> None:
+        self.first[req] = time
+
+    def finished(self, req: int, time: float, replica: Replica) -> None:
+        self.end[req] = time
+        if time < self.duration_s:
+            self.send(time)
+
+    def rejected(self, req: int, time: float, replica: Replica) -> None:
+        raise AssertionError(f"request {req} rejected: prompt larger than the KV cache")
+
+    def run(self, offset: float) -> list[tuple]:
+        for _ in range(self.concurrency):
+            self.send(0.0)
+        while self.events:
+            time, _, callback, arg = heapq.heappop(self.events)
+            callback(time, arg)
+        return [(s + offset, f + offset, e + offset, p, o, self.concurrency) for s, f, e, p, o in
+                zip(self.sent, self.first, self.end, self.prompt, self.output)]
+
+
+def sweep(profile: ReplicaProfile, concurrency=(1, 2, 4, 8, 16), duration_s: float = 20.0,
+          lengths=((64, 32), (256, 64), (512, 16), (128, 128)), seed: int = 0) -> Measurements:
+    rng = np.random.default_rng(seed)
+    rows, offset = [], 0.0
+    for c in concurrency:
+        stage = ClosedLoopStage(profile, c, duration_s, list(lengths), rng).run(offset)
+        rows += stage
+        offset = max(r[2] for r in stage) + 1.0
+    return Measurements(*(np.array(column, dtype=float) for column in zip(*rows)))

@@ -1,0 +1,72 @@
+"""`profile` and `fidelity` against the real CPU vLLM server (tiny model), end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fixtures.realparts import MAX_NUM_SEQS
+
+from vllm_autoscaler.controller.profile import load_profile
+
+REPO = Path(__file__).resolve().parents[2]
+AZURE_CONV = REPO / "simulations" / "data" / "azure_conv_2023.csv"
+CLI = str(Path(sys.executable).parent / "vllm-autoscaler")
+# The fixture's server: --num-gpu-blocks-override 64 of 128 tokens.
+SERVER_KV_TOKENS = 64 * 128
+
+
+def cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    done = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.fixture(scope="module")
+def measured_profile(vllm_server: str, tmp_path_factory) -> Path:
+    """A profile from a short sweep, past the server's max_num_seqs so that requests wait."""
+    out = tmp_path_factory.mktemp("profile") / "cpu-tiny.yaml"
+    cli("profile", "--endpoint", vllm_server, "--out", str(out), "--prompt-tokens", "128",
+        "--output-tokens", "32", "--concurrency", f"1,4,{2 * MAX_NUM_SEQS}",
+        "--duration-per-step", "5", "--gpu", "cpu", timeout=240)  # fmt: skip
+    return out
+
+
+def test_profile_of_the_live_server_is_loadable_and_sane(measured_profile: Path):
+    profile = load_profile(str(measured_profile))
+    assert profile.model == "tiny-llama"
+    assert profile.kv_cache_tokens == SERVER_KV_TOKENS
+    assert profile.max_num_seqs == MAX_NUM_SEQS  # seen: requests waited while 8 ran
+    assert "measured by `vllm-autoscaler profile`" in profile.source
+    # A 2-layer, 128-wide model on a CPU: steps of a fraction of a millisecond to tens of ms
+    # (the machine is shared), prefill well under a millisecond per token.
+    assert 1e-4 < profile.decode_base_s < 0.05
+    assert 1e-7 < profile.prefill_per_token_s < 1e-3
+    assert profile.step_seconds(MAX_NUM_SEQS, MAX_NUM_SEQS * 150, 0) < 0.2
+    assert measured_profile.with_name("cpu-tiny-fit.png").stat().st_size > 10_000
+    requests = measured_profile.with_name("cpu-tiny-requests.csv").read_text().splitlines()
+    assert len(requests) > 30
+
+
+def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simulator(
+    vllm_server: str, measured_profile: Path, tmp_path: Path
+):
+    out = tmp_path / "fidelity"
+    # 30 s of the Azure conversation trace at a third of its rate, five times that for 6 s.
+    done = cli("fidelity", "--endpoint", vllm_server, "--profile", str(measured_profile),
+               "--trace", str(AZURE_CONV), "--start", "600", "--end", "630", "--rate-scale", "0.3",
+               "--burst", "10:16:5", "--out", str(out), timeout=240)  # fmt: skip
+    report = json.loads((out / "fidelity.json").read_text())
+    assert report["failed_live"] == 0
+    stretches = report["stretches"]
+    assert set(stretches) == {"all", "normal", "overloaded"}
+    for who in ("live", "simulated"):
+        # The burst queues requests, live and in the simulator alike.
+        assert stretches["overloaded"][who]["ttft_p95"] > 2 * stretches["normal"][who]["ttft_p50"]
+        assert stretches["all"][who]["completed"] == report["requests"]
+    # Under normal load both deliver what arrives: throughput follows the trace.
+    assert stretches["normal"]["relative_error"]["throughput"] == pytest.approx(0, abs=0.25)
+    assert "| overloaded | ttft_p50 (s) |" in (out / "fidelity.md").read_text()
+    assert (out / "fidelity.png").stat().st_size > 10_000
+    assert "overloaded:" in done.stderr
