@@ -11,7 +11,8 @@ The fit: the profile's step model (controller/profile.py),
            + prefill_per_token * prefill_tokens,
 by least squares on two kinds of rows, each kind in units of its median (relative errors)
 and weighing as much as the other:
-- TTFT of a request that found the server idle: one step, `decode_base + prefill * prompt`;
+- TTFT of a request that found the server idle: one step, `decode_base + prefill * prompt`
+  (unless vLLM held its first token back until the last);
 - mean step time over the life of a request the server admitted at once: its end-to-end
   latency over its output tokens (one step per token, the first one carrying its prompt),
   with the mean batch and context over its life and the prompts of the requests sent
@@ -50,6 +51,7 @@ WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initi
 MAX_FAILED_SHARE = 0.05
 ROBUST_SCALE = 0.1
 WATCH_EVERY_S = 0.1
+HELD_BACK_SHARE = 0.01
 
 
 class ProfilingError(ValueError):
@@ -141,6 +143,12 @@ def alone(m: Measurements) -> np.ndarray:
     return others_in_flight(m, m.first) == 0
 
 
+def first_token_held_back(m: Measurements) -> np.ndarray:
+    """Requests whose first token came with their last: vLLM's front end, short of CPU, held
+    the stream back (its TTFT is then the whole request, not the engine's first step)."""
+    return (m.output >= 2) & (m.end - m.first < HELD_BACK_SHARE * (m.end - m.sent))
+
+
 # ---- the fit --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rows:
@@ -156,7 +164,7 @@ class Rows:
 
 
 def design(m: Measurements, max_num_seqs: int) -> Rows:
-    lone = alone(m)
+    lone = alone(m) & ~first_token_held_back(m)
     ttft_x = np.column_stack([np.ones(lone.sum()), np.zeros((lone.sum(), 2)), m.prompt[lone],
                               np.ones((lone.sum(), 2))])  # fmt: skip
     admitted = others_in_flight(m, m.sent) < max_num_seqs  # else it waited in vLLM's queue
@@ -167,8 +175,8 @@ def design(m: Measurements, max_num_seqs: int) -> Rows:
                               (1 + prefills) / steps, 1 / steps])[admitted]  # fmt: skip
     if lone.sum() < 3 or admitted.sum() < 3:
         raise ProfilingError(
-            f"too few measurements to fit: {lone.sum()} requests alone on the server (need a "
-            f"concurrency-1 stage), {admitted.sum()} admitted at once"
+            f"too few measurements to fit: {lone.sum()} requests alone on the server whose first "
+            f"token was not held back (need a concurrency-1 stage), {admitted.sum()} admitted at once"
         )
     return Rows(
         x=np.vstack([ttft_x, life_x]),

@@ -12,7 +12,7 @@ from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile
 from vllm_autoscaler.simulations.fidelity import Burst, Run, compare
 from vllm_autoscaler.simulations.loadgen import EndpointError, Endpoint, fit_lengths, kv_cache_tokens
 from vllm_autoscaler.simulations.profiling import (
-    Measurements, ProfilingError, Sweep, alone, build_profile, fit, life_state, others_in_flight,
+    Measurements, ProfilingError, Sweep, alone, build_profile, first_token_held_back, fit, life_state, others_in_flight,
     prefills_during_life, resolve_max_num_seqs, write_profile,
 )  # fmt: skip
 from vllm_autoscaler.simulations.traces import Trace
@@ -91,6 +91,17 @@ def test_streams_held_back_by_the_front_end_do_not_drag_the_fit():
     fitted = fit(Measurements(m.sent, first, m.end, m.prompt, m.output, m.concurrency), 8).coefficients
     assert fitted["decode_base_s"] == pytest.approx(2e-3, rel=0.05)
     assert fitted["prefill_per_token_s"] == pytest.approx(1.1e-4, rel=0.05)
+
+
+def test_ttft_of_a_first_token_held_back_to_the_end_is_not_a_step():
+    m = sweep(known())
+    held = (m.concurrency == 1) & (np.arange(len(m.sent)) % 2 == 0) & (m.output > 1)
+    first = np.where(held, m.end - 1e-5, m.first)
+    measured = Measurements(m.sent, first, m.end, m.prompt, m.output, m.concurrency)
+    assert first_token_held_back(measured).tolist() == held.tolist()
+    fitted = fit(measured, 8)
+    assert fitted.coefficients["prefill_per_token_s"] == pytest.approx(1.1e-4, rel=0.03)
+    assert fitted.rows.is_ttft.sum() == (alone(m) & ~held).sum()
 
 
 def test_life_state_integrates_batch_and_context_exactly():
