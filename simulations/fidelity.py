@@ -19,7 +19,7 @@ import numpy as np
 
 from ..config.schema import Config
 from ..controller.profile import load_profile
-from .loadgen import LoadClient, discover, fit_lengths, session
+from .loadgen import LoadClient, discover, first_token_held_back, fit_lengths, session
 from .run import simulate
 from .traces import Trace, scale_rate, slice_trace
 
@@ -159,11 +159,13 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
     replayed, live, failed = asyncio.run(replay_live(url, trace, options.model, options.seed))
     simulated = simulate_run(live, replayed, options.profile, options.seed)
     lateness = live.arrival - replayed.arrival_s
+    held_back = first_token_held_back(live.arrival, live.first, live.end, live.output)
     report = {
         "endpoint": url, "profile": str(options.profile), "trace": trace.name,
         "requests": len(replayed), "failed_live": failed,
         "burst": None if options.burst is None else vars(options.burst),
         "send_lateness_p95_s": float(np.percentile(lateness, 95)),
+        "first_token_held_back_live": float(held_back.mean()),
         "load_average": os.getloadavg()[0],
         "stretches": compare(live, simulated, options.burst),
     }  # fmt: skip
@@ -179,7 +181,8 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
         f"{report['requests']} requests of {report['trace']} replayed against {report['endpoint']} "
         f"and simulated with {report['profile']} (one static replica). Failed live: "
         f"{report['failed_live']}; client send lateness p95 {report['send_lateness_p95_s'] * 1e3:.1f} ms; "
-        f"load average {report['load_average']:.1f}.", "",
+        f"first token held back to the end by the server: {report['first_token_held_back_live']:.0%} of "
+        f"requests; load average {report['load_average']:.1f}.", "",
         "| stretch | figure | live | simulated | error |", "|---|---|---:|---:|---:|",
     ]  # fmt: skip
     for stretch, r in report["stretches"].items():

@@ -30,6 +30,7 @@ VOCABULARY_SAMPLE = (
     "minutes or hours. Kubernetes pods and Modal containers scale up, then down again!"
 )
 REQUEST_TIMEOUT_S = 600.0
+HELD_BACK_SHARE = 0.01  # of a request's life: its first token came this close to its end
 
 
 class EndpointError(RuntimeError):
@@ -95,6 +96,13 @@ def fit_lengths(prompt: np.ndarray, output: np.ndarray, max_model_len: int) -> t
     """Lengths the server can take: output at most a quarter of the context, the prompt the rest."""
     output = np.clip(output, 1, max(max_model_len // 4, 1))
     return np.clip(prompt, 1, max_model_len - output), output
+
+
+def first_token_held_back(sent: np.ndarray, first: np.ndarray, end: np.ndarray,
+                          output: np.ndarray) -> np.ndarray:
+    """Requests whose first token came with their last: vLLM's front end, short of CPU, held
+    the stream back (their TTFT is then the whole request, not the engine's first step)."""
+    return (output >= 2) & (end - first < HELD_BACK_SHARE * (end - sent))
 
 
 class LoadClient:

@@ -39,8 +39,8 @@ import yaml
 
 from ..controller.profile import ReplicaProfile
 from .loadgen import (
-    Endpoint, EndpointError, LoadClient, Outcome, discover, fit_lengths, gauge_total,
-    kv_cache_tokens, scrape, session,
+    Endpoint, EndpointError, LoadClient, Outcome, discover, first_token_held_back, fit_lengths,
+    gauge_total, kv_cache_tokens, scrape, session,
 )  # fmt: skip
 from .traces import Trace
 
@@ -51,7 +51,6 @@ WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initi
 MAX_FAILED_SHARE = 0.05
 ROBUST_SCALE = 0.1
 WATCH_EVERY_S = 0.1
-HELD_BACK_SHARE = 0.01
 
 
 class ProfilingError(ValueError):
@@ -143,12 +142,6 @@ def alone(m: Measurements) -> np.ndarray:
     return others_in_flight(m, m.first) == 0
 
 
-def first_token_held_back(m: Measurements) -> np.ndarray:
-    """Requests whose first token came with their last: vLLM's front end, short of CPU, held
-    the stream back (its TTFT is then the whole request, not the engine's first step)."""
-    return (m.output >= 2) & (m.end - m.first < HELD_BACK_SHARE * (m.end - m.sent))
-
-
 # ---- the fit --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rows:
@@ -164,7 +157,7 @@ class Rows:
 
 
 def design(m: Measurements, max_num_seqs: int) -> Rows:
-    lone = alone(m) & ~first_token_held_back(m)
+    lone = alone(m) & ~first_token_held_back(m.sent, m.first, m.end, m.output)
     ttft_x = np.column_stack([np.ones(lone.sum()), np.zeros((lone.sum(), 2)), m.prompt[lone],
                               np.ones((lone.sum(), 2))])  # fmt: skip
     admitted = others_in_flight(m, m.sent) < max_num_seqs  # else it waited in vLLM's queue

@@ -10,9 +10,11 @@ from synthetic import sweep
 
 from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile
 from vllm_autoscaler.simulations.fidelity import Burst, Run, compare
-from vllm_autoscaler.simulations.loadgen import EndpointError, Endpoint, fit_lengths, kv_cache_tokens
+from vllm_autoscaler.simulations.loadgen import (
+    Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_tokens,
+)
 from vllm_autoscaler.simulations.profiling import (
-    Measurements, ProfilingError, Sweep, alone, build_profile, first_token_held_back, fit, life_state, others_in_flight,
+    Measurements, ProfilingError, Sweep, alone, build_profile, fit, life_state, others_in_flight,
     prefills_during_life, resolve_max_num_seqs, write_profile,
 )  # fmt: skip
 from vllm_autoscaler.simulations.traces import Trace
@@ -98,7 +100,7 @@ def test_ttft_of_a_first_token_held_back_to_the_end_is_not_a_step():
     held = (m.concurrency == 1) & (np.arange(len(m.sent)) % 2 == 0) & (m.output > 1)
     first = np.where(held, m.end - 1e-5, m.first)
     measured = Measurements(m.sent, first, m.end, m.prompt, m.output, m.concurrency)
-    assert first_token_held_back(measured).tolist() == held.tolist()
+    assert first_token_held_back(m.sent, first, m.end, m.output).tolist() == held.tolist()
     fitted = fit(measured, 8)
     assert fitted.coefficients["prefill_per_token_s"] == pytest.approx(1.1e-4, rel=0.03)
     assert fitted.rows.is_ttft.sum() == (alone(m) & ~held).sum()
