@@ -264,6 +264,11 @@ def profile(
                else Lengths.fixed(prompt_tokens, output_tokens))  # fmt: skip
     try:
         steps = tuple(int(c) for c in concurrency.split(","))
+    except ValueError:
+        fail(f"--concurrency {concurrency!r}: expected comma-separated whole numbers, e.g. 1,2,4,8")
+    if min(steps) < 1:
+        fail(f"--concurrency {concurrency!r}: every step needs at least 1 request in flight")
+    try:
         options = SweepOptions(lengths, steps, duration_per_step, seed, model)
         sweep = asyncio.run(run_sweep(endpoint, options, lambda c: console.print(f"concurrency {c} ...")))
         seqs = resolve_max_num_seqs(sweep, max_num_seqs)

@@ -55,6 +55,10 @@ class Outcome:
     error: str | None = None
 
 
+def _why(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__  # a timeout has no message
+
+
 def session() -> aiohttp.ClientSession:
     # No connection limit: a cap here would queue requests in the client, not in vLLM.
     return aiohttp.ClientSession(
@@ -70,7 +74,7 @@ async def _json(client: aiohttp.ClientSession, method: str, url: str, **kwargs) 
                 raise EndpointError(f"{method} {url}: HTTP {response.status}: {(await response.text())[:300]}")
             return await response.json()
     except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        raise EndpointError(f"{method} {url}: {exc!r}") from exc
+        raise EndpointError(f"{method} {url}: {_why(exc)}") from exc
 
 
 async def discover(client: aiohttp.ClientSession, url: str, model: str | None = None) -> Endpoint:
@@ -133,7 +137,7 @@ class LoadClient:
                     if b'"usage":{' in line:
                         generated = _completion_tokens(line)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            return Outcome(sent, first, time.perf_counter(), prompt_tokens, generated, repr(exc))
+            return Outcome(sent, first, time.perf_counter(), prompt_tokens, generated, _why(exc))
         end = time.perf_counter()
         error = None if generated == output_tokens else f"{generated} of {output_tokens} tokens generated"
         return Outcome(sent, first, end, prompt_tokens, generated, error)
@@ -174,7 +178,7 @@ async def scrape(client: aiohttp.ClientSession, url: str) -> str:
                 raise EndpointError(f"GET {url}/metrics: HTTP {response.status}")
             return await response.text()
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise EndpointError(f"GET {url}/metrics: {exc!r}") from exc
+        raise EndpointError(f"GET {url}/metrics: {_why(exc)}") from exc
 
 
 def _samples(text: str, name: str):

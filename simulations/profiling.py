@@ -182,9 +182,8 @@ def design(m: Measurements, max_num_seqs: int) -> Rows:
 
 def robust_nonneg_fit(x: np.ndarray, y: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Coefficients >= 0 minimising a soft-L1 loss of the residuals (x @ c - y) / scale: past
-    ROBUST_SCALE of `scale` a residual counts linearly, so that requests stalled by a burst of
-    CPU elsewhere, or whose first token the server's front end held back (then every token
-    comes at once: ITL ~ 0), do not drag the fit."""
+    ROBUST_SCALE of `scale` a residual counts linearly, so that a few requests stalled by
+    something else on the machine do not drag the fit."""
     from scipy.optimize import least_squares
 
     columns = np.abs(x).max(axis=0)
@@ -207,8 +206,11 @@ class Fit:
     rows: Rows = field(repr=False)
 
     def predict(self, extended: bool = False) -> np.ndarray:
-        coef = self.extended if extended else self.coefficients
-        return self.rows.x[:, : len(coef)] @ np.array(list(coef.values()))
+        return _predict(self.rows, self.extended if extended else self.coefficients)
+
+
+def _predict(rows: Rows, coefficients: dict[str, float]) -> np.ndarray:
+    return rows.x[:, : len(coefficients)] @ np.array(list(coefficients.values()))
 
 
 def _fit_columns(rows: Rows, columns: int) -> np.ndarray:
@@ -220,11 +222,12 @@ def _fit_columns(rows: Rows, columns: int) -> np.ndarray:
 
 def fit(m: Measurements, max_num_seqs: int) -> Fit:
     rows = design(m, max_num_seqs)
-    base = dict(zip(COEFFICIENTS, _fit_columns(rows, len(COEFFICIENTS))))
-    extended = dict(zip(COEFFICIENTS + EXTRA_TERMS, _fit_columns(rows, len(COEFFICIENTS + EXTRA_TERMS))))
+    base = {k: float(v) for k, v in zip(COEFFICIENTS, _fit_columns(rows, len(COEFFICIENTS)))}
+    terms = COEFFICIENTS + EXTRA_TERMS
+    extended = {k: float(v) for k, v in zip(terms, _fit_columns(rows, len(terms)))}
     errors = {}
     for name, coef in (("", base), ("extended_", extended)):
-        relative = np.abs(rows.x[:, : len(coef)] @ np.array(list(coef.values())) / rows.y - 1)
+        relative = np.abs(_predict(rows, coef) / rows.y - 1)
         errors[f"{name}ttft_error"] = float(np.median(relative[rows.is_ttft]))
         errors[f"{name}step_error"] = float(np.median(relative[~rows.is_ttft]))
     return Fit(base, extended, rows=rows, **errors)
@@ -345,7 +348,7 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
     return ReplicaProfile(
         name=name, model=sweep.endpoint.model, gpu=gpu, source=source, max_num_seqs=max_num_seqs[0],
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=sweep.kv_cache_tokens,
-        **{k: float(v) for k, v in fitted.coefficients.items()},
+        **fitted.coefficients,
     )  # fmt: skip
 
 
