@@ -249,9 +249,10 @@ async def test_an_overrun_is_logged_and_the_missed_ticks_are_skipped(make_daemon
     [overrun] = [r for r in logs if r["event"] == "tick.overrun"]
     assert overrun["duration_s"] >= 1.6
     assert metric(daemon, "vllm_autoscaler_tick_overruns_total") == 1
-    # 3 s of 0.5 s ticks with 1.6 s lost: ~3 more ticks, not a catch-up of the missed ones.
+    # 3 s of 0.5 s ticks with 1.6 s lost: ~3 more ticks (fewer on a busy machine), never a
+    # catch-up burst of the missed ones.
     ticks = len([r for r in logs if r["event"] == "decision"])
-    assert 3 <= ticks <= 5
+    assert 2 <= ticks <= 5
 
 
 @pytest.mark.parametrize("override, message", [

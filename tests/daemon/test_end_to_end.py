@@ -214,7 +214,9 @@ async def test_the_daemon_end_to_end(daemons, kube, modal_control_plane, vllm_se
     plane.redeploy(APP)  # wipes the warm-pool overrides: an acting leader restores them
     await until(lambda: plane.function(APP, FUNCTION).overrides.scaledown_window == 30, 10,
                 "the new leader to reconcile Modal")
-    assert standby.metric("vllm_autoscaler_actuations_total", target="tiny", pool="modal") >= 1
+    # The counter moves once the update call has returned, just after the server saw it.
+    await until(lambda: standby.metric("vllm_autoscaler_actuations_total", target="tiny",
+                                       pool="modal") >= 1, 5, "the new leader's Modal actuation")
 
     # 6. SIGTERM: exit 0 within 5 s, the Lease released.
     code, took = standby.terminate()
