@@ -170,7 +170,18 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
         "stretches": compare(live, simulated, options.burst),
     }  # fmt: skip
     write_report(report, live, simulated, options.burst, out)
+    save_runs(replayed, live, simulated, out / "fidelity-requests.csv")
     return report
+
+
+def save_runs(trace: Trace, live: Run, simulated: Run, path: Path) -> None:
+    """Per request: as replayed, what the server did and what the simulator did (seconds)."""
+    columns = {
+        "arrival_s": live.arrival, "prompt_tokens": trace.prompt_tokens, "output_tokens": trace.output_tokens,
+        "live_first_s": live.first, "live_end_s": live.end, "sim_first_s": simulated.first, "sim_end_s": simulated.end,
+    }  # fmt: skip
+    np.savetxt(path, np.column_stack(list(columns.values())), delimiter=",", fmt="%.6f",
+               header=",".join(columns), comments="")  # fmt: skip
 
 
 def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, out: Path) -> None:

@@ -1,10 +1,11 @@
 """Measure a live vLLM replica and fit its `ReplicaProfile` (`vllm-autoscaler profile`).
 
-The sweep: closed-loop load at each concurrency in turn (that many users, each sending its
-next streamed completion when the last ends), with prompt and output lengths drawn from a
-trace or fixed. The client knows when each request was sent, streamed its first token and
-ended; from all of them together it knows, at any moment, which requests were in flight and
-how much context they held (a request gains its tokens at an even pace).
+The sweep: a prefill stage (one request at a time, prompts of many lengths, 2 output tokens),
+then closed-loop load at each concurrency in turn (that many users, each sending its next
+streamed completion when the last ends), with prompt and output lengths drawn from a trace
+or fixed. The client knows when each request was sent, streamed its first token and ended;
+from all of them together it knows, at any moment, which requests were in flight and how
+much context they held (a request gains its tokens at an even pace).
 
 The fit: the profile's step model (controller/profile.py),
     step = decode_base + decode_per_seq * batch + decode_per_context_token * context
@@ -19,10 +20,11 @@ and weighing as much as the other:
   meanwhile (their prefill lengthened its steps). End-to-end rather than inter-token
   latency: vLLM may hold streamed tokens back (`--stream-interval`, or a front end short of
   CPU), so only the request's start and end are trusted.
-Coefficients are kept >= 0, and outliers weigh less (a robust loss). A second fit with two
-terms the profile has no room for (a fixed cost per step that carries prefill, and a
-per-request overhead outside the engine) is reported next to it, to show how far the model
-is from what was measured.
+plus a per-request overhead outside the engine (vLLM's HTTP front end: once in a TTFT, once
+in a request's life), which the profile has no room for: it is reported, not kept, so that
+prefill_per_token is what one more prompt token costs the engine. Without it the fit would
+charge the front end's time to prefill, and the simulator would run out of capacity early.
+Coefficients are kept >= 0, and outliers weigh less (a robust loss).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ from .loadgen import (
 from .traces import Trace
 
 COEFFICIENTS = ("decode_base_s", "decode_per_seq_s", "decode_per_context_token_s", "prefill_per_token_s")
-EXTRA_TERMS = ("prefill_step_s", "ttft_overhead_s")  # not in the profile's model: diagnostics
+OVERHEAD = "request_overhead_s"  # per request, outside the engine: not in the profile's model
+PREFILL_STAGE_OUTPUT_TOKENS = 2  # the prefill stage's requests: a prompt, and hardly a decode
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initialisation)
 MAX_FAILED_SHARE = 0.05
@@ -121,13 +124,13 @@ def life_state(m: Measurements, max_num_seqs: int) -> tuple[np.ndarray, np.ndarr
     return (batch[stop] - batch[start]) / span, (context[stop] - context[start]) / span
 
 
-def prefills_during_life(m: Measurements) -> tuple[np.ndarray, np.ndarray]:
-    """Prompt tokens, and prompts, of the other requests sent while each one was in flight."""
+def prefills_during_life(m: Measurements) -> np.ndarray:
+    """Prompt tokens of the other requests sent while each one was in flight."""
     order = np.argsort(m.sent, kind="stable")
     sent = m.sent[order]
     tokens = np.r_[0.0, np.cumsum(m.prompt[order])]
     lo, hi = np.searchsorted(sent, m.sent, "left"), np.searchsorted(sent, m.end, "left")
-    return tokens[hi] - tokens[lo] - m.prompt, (hi - lo - 1).astype(float)  # less its own
+    return tokens[hi] - tokens[lo] - m.prompt  # less its own
 
 
 def others_in_flight(m: Measurements, until: np.ndarray) -> np.ndarray:
@@ -145,7 +148,7 @@ def alone(m: Measurements) -> np.ndarray:
 # ---- the fit --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Rows:
-    """The fit's design: one row per observation, columns COEFFICIENTS + EXTRA_TERMS. Rows of
+    """The fit's design: one row per observation, columns COEFFICIENTS + (OVERHEAD,). Rows of
     TTFT (requests alone on the server) and of mean step time over a request's life (its
     end-to-end latency over its output tokens, for requests the server admitted at once)."""
 
@@ -159,13 +162,13 @@ class Rows:
 def design(m: Measurements, max_num_seqs: int) -> Rows:
     lone = alone(m) & ~first_token_held_back(m.sent, m.first, m.end, m.output)
     ttft_x = np.column_stack([np.ones(lone.sum()), np.zeros((lone.sum(), 2)), m.prompt[lone],
-                              np.ones((lone.sum(), 2))])  # fmt: skip
+                              np.ones(lone.sum())])  # fmt: skip
     admitted = others_in_flight(m, m.sent) < max_num_seqs  # else it waited in vLLM's queue
     batch, context = life_state(m, max_num_seqs)
-    prefill_tokens, prefills = prefills_during_life(m)
+    prefill_tokens = prefills_during_life(m)
     steps = m.output  # the prefill step, which gives the first token, and one per other token
     life_x = np.column_stack([np.ones(len(m.sent)), batch, context, (m.prompt + prefill_tokens) / steps,
-                              (1 + prefills) / steps, 1 / steps])[admitted]  # fmt: skip
+                              1 / steps])[admitted]  # fmt: skip
     if lone.sum() < 3 or admitted.sum() < 3:
         raise ProfilingError(
             f"too few measurements to fit: {lone.sum()} requests alone on the server whose first "
@@ -198,39 +201,29 @@ def robust_nonneg_fit(x: np.ndarray, y: np.ndarray, scale: np.ndarray) -> np.nda
 @dataclass(frozen=True)
 class Fit:
     coefficients: dict[str, float]  # the profile's
-    extended: dict[str, float]  # with EXTRA_TERMS
-    ttft_error: float  # median |relative error| of the profile's model, TTFT rows
+    request_overhead_s: float  # per request, outside the engine: the profile has no room for it
+    ttft_error: float  # median |relative error|, TTFT rows
     step_error: float  # rows of mean step time over a request's life
-    extended_ttft_error: float
-    extended_step_error: float
     rows: Rows = field(repr=False)
 
-    def predict(self, extended: bool = False) -> np.ndarray:
-        return _predict(self.rows, self.extended if extended else self.coefficients)
-
-
-def _predict(rows: Rows, coefficients: dict[str, float]) -> np.ndarray:
-    return rows.x[:, : len(coefficients)] @ np.array(list(coefficients.values()))
-
-
-def _fit_columns(rows: Rows, columns: int) -> np.ndarray:
-    # Each kind of row in units of its median (relative errors) and weighing as much in all.
-    kinds = (rows.is_ttft, ~rows.is_ttft)
-    scale = sum(k * np.median(rows.y[k]) * np.sqrt(2 * k.sum() / len(rows.y)) for k in kinds)
-    return robust_nonneg_fit(rows.x[:, :columns], rows.y, scale)
+    def predict(self, with_overhead: bool = True) -> np.ndarray:
+        overhead = self.request_overhead_s if with_overhead else 0.0
+        return self.rows.x @ np.array([*self.coefficients.values(), overhead])
 
 
 def fit(m: Measurements, max_num_seqs: int) -> Fit:
+    """The profile's coefficients and the per-request overhead, by a robust least-squares fit;
+    each kind of row in units of its median (relative errors) and weighing as much in all."""
     rows = design(m, max_num_seqs)
-    base = {k: float(v) for k, v in zip(COEFFICIENTS, _fit_columns(rows, len(COEFFICIENTS)))}
-    terms = COEFFICIENTS + EXTRA_TERMS
-    extended = {k: float(v) for k, v in zip(terms, _fit_columns(rows, len(terms)))}
-    errors = {}
-    for name, coef in (("", base), ("extended_", extended)):
-        relative = np.abs(_predict(rows, coef) / rows.y - 1)
-        errors[f"{name}ttft_error"] = float(np.median(relative[rows.is_ttft]))
-        errors[f"{name}step_error"] = float(np.median(relative[~rows.is_ttft]))
-    return Fit(base, extended, rows=rows, **errors)
+    kinds = (rows.is_ttft, ~rows.is_ttft)
+    scale = sum(k * np.median(rows.y[k]) * np.sqrt(2 * k.sum() / len(rows.y)) for k in kinds)
+    *coefficients, overhead = robust_nonneg_fit(rows.x, rows.y, scale)
+    relative = np.abs(rows.x @ np.r_[coefficients, overhead] / rows.y - 1)
+    return Fit(
+        dict(zip(COEFFICIENTS, map(float, coefficients))), float(overhead),
+        ttft_error=float(np.median(relative[rows.is_ttft])),
+        step_error=float(np.median(relative[~rows.is_ttft])), rows=rows,
+    )  # fmt: skip
 
 
 # ---- the sweep ------------------------------------------------------------------------------
@@ -253,13 +246,23 @@ class Lengths:
     def sampler(self, max_model_len: int, rng: np.random.Generator) -> Callable[[], tuple[int, int]]:
         if len(self.prompt) == 1 and self.prompt[0] + self.output[0] > max_model_len:
             raise ProfilingError(f"{self.label} do not fit the model's context of {max_model_len} tokens")
-        prompt, output = fit_lengths(self.prompt, self.output, max_model_len)
+        return _draw(*fit_lengths(self.prompt, self.output, max_model_len), rng)
 
-        def draw() -> tuple[int, int]:
-            i = rng.integers(len(prompt))
-            return int(prompt[i]), int(output[i])
+    def prefill_sampler(self, max_model_len: int, rng: np.random.Generator) -> Callable[[], tuple[int, int]]:
+        """The prefill stage's requests: the prompts (a fixed one spread from a quarter to twice
+        its length, so that the cost per token shows apart from the cost per request), and
+        PREFILL_STAGE_OUTPUT_TOKENS out."""
+        prompt = self.prompt if len(self.prompt) > 1 else np.round(self.prompt[0] * np.linspace(0.25, 2, 8))
+        prompt = np.clip(prompt, 1, max_model_len - PREFILL_STAGE_OUTPUT_TOKENS).astype(int)
+        return _draw(prompt, np.full(len(prompt), PREFILL_STAGE_OUTPUT_TOKENS), rng)
 
-        return draw
+
+def _draw(prompt: np.ndarray, output: np.ndarray, rng: np.random.Generator) -> Callable[[], tuple[int, int]]:
+    def draw() -> tuple[int, int]:
+        i = rng.integers(len(prompt))
+        return int(prompt[i]), int(output[i])
+
+    return draw
 
 
 @dataclass(frozen=True)
@@ -295,20 +298,25 @@ async def _watch(client, url: str, seen: dict[str, float], stop: asyncio.Event) 
             pass
 
 
-async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[int], None] | None = None) -> Sweep:
+async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[object], None] | None = None) -> Sweep:
     started = datetime.now(timezone.utc)
     async with session() as client:
         endpoint = await discover(client, url, options.model)
         kv_tokens = kv_cache_tokens(await scrape(client, endpoint.url))
         load = LoadClient(client, endpoint, options.seed)
-        draw = options.lengths.sampler(endpoint.max_model_len, np.random.default_rng(options.seed))
+        rng = np.random.default_rng(options.seed)
+        draw = options.lengths.sampler(endpoint.max_model_len, rng)
         for _ in range(WARMUP_REQUESTS):
             await load.complete(*draw())
+        prefill_draw = options.lengths.prefill_sampler(endpoint.max_model_len, rng)
         seen: dict[str, float] = {}
         stop = asyncio.Event()
         watcher = asyncio.create_task(_watch(client, endpoint.url, seen, stop))
         stages = []
         try:
+            if on_stage:
+                on_stage("prefill")
+            stages.append((1, await load.closed_loop(1, options.duration_s, prefill_draw)))
             for concurrency in options.concurrency:
                 if on_stage:
                     on_stage(concurrency)
@@ -354,12 +362,10 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
 
 # ---- the output -----------------------------------------------------------------------------
 def fit_summary(fitted: Fit) -> list[str]:
-    ext = fitted.extended
     return [
         f"fit: median relative error TTFT {fitted.ttft_error:.1%}, step time {fitted.step_error:.1%}",
-        f"not in the profile's model: a step carrying prefill costs {ext['prefill_step_s'] * 1e3:.2f} ms "
-        f"more, and TTFT has {ext['ttft_overhead_s'] * 1e3:.2f} ms outside the engine; with them "
-        f"the errors would be TTFT {fitted.extended_ttft_error:.1%}, step time {fitted.extended_step_error:.1%}",
+        f"not in the profile's model: {fitted.request_overhead_s * 1e3:.2f} ms per request outside "
+        "the engine (HTTP front end): simulated TTFT and E2E are short of it",
     ]
 
 
@@ -386,9 +392,9 @@ def plot_fit(fitted: Fit, title: str, path: Path) -> None:
     t = rows.is_ttft
     left.scatter(rows.prompt[t], rows.y[t] * 1e3, s=10, alpha=0.6, label="measured (server idle)")
     order = np.argsort(rows.prompt[t])
-    left.plot(rows.prompt[t][order], predicted[t][order] * 1e3, "r-", label="profile: base + prefill x prompt")
-    left.plot(rows.prompt[t][order], fitted.predict(extended=True)[t][order] * 1e3, "k:",
-              label="with prefill-step and TTFT overheads")  # fmt: skip
+    left.plot(rows.prompt[t][order], predicted[t][order] * 1e3, "r-", label="fit: base + prefill x prompt + overhead")
+    left.plot(rows.prompt[t][order], fitted.predict(with_overhead=False)[t][order] * 1e3, "k:",
+              label="the profile (no per-request overhead)")  # fmt: skip
     left.set(xlabel="prompt tokens", ylabel="TTFT (ms)", title="TTFT at low load")
     left.legend(fontsize=8)
     d = ~t

@@ -1,5 +1,6 @@
 """Sweep measurements made by the simulator's engine with a known profile: what a client of a
-server that behaves exactly like the profile's model would measure."""
+server that behaves exactly like the profile's model would measure, in the stages that
+`vllm-autoscaler profile` runs (a prefill stage, then each concurrency)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,17 @@ import numpy as np
 
 from vllm_autoscaler.controller.profile import ReplicaProfile
 from vllm_autoscaler.simulations.engine import Replica
-from vllm_autoscaler.simulations.profiling import Measurements
+from vllm_autoscaler.simulations.profiling import PREFILL_STAGE_OUTPUT_TOKENS, Measurements
 
 
 class ClosedLoopStage:
-    """`concurrency` users on one engine, each sending its next request when the last ends."""
+    """`concurrency` users on one engine, each sending its next request when the last ends;
+    a request reaches the engine `overhead_s` after it is sent (an HTTP front end)."""
 
     def __init__(self, profile: ReplicaProfile, concurrency: int, duration_s: float,
-                 lengths: list[tuple[int, int]], rng: np.random.Generator):
+                 lengths: list[tuple[int, int]], rng: np.random.Generator, overhead_s: float = 0.0):
         self.engine = Replica(self, profile)
+        self.overhead_s = overhead_s
         self.duration_s, self.lengths, self.rng = duration_s, lengths, rng
         self.concurrency = concurrency
         self.prompt: list[int] = []
@@ -40,7 +43,10 @@ class ClosedLoopStage:
         self.sent.append(now)
         self.first.append(np.nan)
         self.end.append(np.nan)
-        self.engine.enqueue(req, now)
+        self.schedule(now + self.overhead_s, self.arrive, req)
+
+    def arrive(self, time: float, req: int) -> None:
+        self.engine.enqueue(req, time)
 
     def first_token(self, req: int, time: float) -> None:
         self.first[req] = time
@@ -64,11 +70,13 @@ class ClosedLoopStage:
 
 
 def sweep(profile: ReplicaProfile, concurrency=(1, 2, 4, 8, 16), duration_s: float = 20.0,
-          lengths=((64, 32), (256, 64), (512, 16), (128, 128)), seed: int = 0) -> Measurements:
+          lengths=((64, 32), (256, 64), (512, 16), (128, 128)), seed: int = 0,
+          overhead_s: float = 0.0) -> Measurements:
     rng = np.random.default_rng(seed)
     rows, offset = [], 0.0
-    for c in concurrency:
-        stage = ClosedLoopStage(profile, c, duration_s, list(lengths), rng).run(offset)
+    prefill_stage = [(1, [(prompt, PREFILL_STAGE_OUTPUT_TOKENS) for prompt, _ in lengths])]
+    for c, stage_lengths in prefill_stage + [(c, list(lengths)) for c in concurrency]:
+        stage = ClosedLoopStage(profile, c, duration_s, stage_lengths, rng, overhead_s).run(offset)
         rows += stage
         offset = max(r[2] for r in stage) + 1.0
     return Measurements(*(np.array(column, dtype=float) for column in zip(*rows)))
