@@ -270,7 +270,7 @@ def profile(
         fail(f"--concurrency {concurrency!r}: every step needs at least 1 request in flight")
     try:
         options = SweepOptions(lengths, steps, duration_per_step, seed, model)
-        sweep = asyncio.run(run_sweep(endpoint, options, lambda c: console.print(f"concurrency {c} ...")))
+        sweep = asyncio.run(run_sweep(endpoint, options, lambda stage: console.print(f"{stage} ...")))
         seqs = resolve_max_num_seqs(sweep, max_num_seqs)
         fitted = fit(sweep.measurements, seqs[0])
         result = build_profile(sweep, fitted, out.stem, gpu, seqs, max_num_batched_tokens)

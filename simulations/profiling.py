@@ -298,7 +298,7 @@ async def _watch(client, url: str, seen: dict[str, float], stop: asyncio.Event) 
             pass
 
 
-async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[object], None] | None = None) -> Sweep:
+async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[str], None] | None = None) -> Sweep:
     started = datetime.now(timezone.utc)
     async with session() as client:
         endpoint = await discover(client, url, options.model)
@@ -315,11 +315,11 @@ async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[object]
         stages = []
         try:
             if on_stage:
-                on_stage("prefill")
+                on_stage("prefill stage")
             stages.append((1, await load.closed_loop(1, options.duration_s, prefill_draw)))
             for concurrency in options.concurrency:
                 if on_stage:
-                    on_stage(concurrency)
+                    on_stage(f"concurrency {concurrency}")
                 stages.append((concurrency, await load.closed_loop(concurrency, options.duration_s, draw)))
         finally:
             stop.set()
