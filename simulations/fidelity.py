@@ -54,7 +54,9 @@ class Burst:
             if end is not None:
                 inside &= trace.arrival_s < end
             if inside.any():
-                part = scale_rate(slice_trace(trace, start, end), factor, seed) if factor != 1 else slice_trace(trace, start, end)
+                part = slice_trace(trace, start, end)
+                if factor != 1:
+                    part = scale_rate(part, factor, seed)
                 parts.append((part.arrival_s + start, part.prompt_tokens, part.output_tokens))
         arrival, prompt, output = (np.concatenate(c) for c in zip(*parts))
         return Trace(arrival, prompt, output, name=trace.name)
