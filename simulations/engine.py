@@ -21,7 +21,10 @@ from ..controller.profile import ReplicaProfile
 
 # vLLM keeps a small share of KV blocks free when admitting (watermark).
 KV_ADMISSION_WATERMARK = 0.01
-EPS = 1e-9
+# Tolerance in tokens of the virtual clock. Far above float rounding (a clock at 1e5 tokens
+# and event times of days), else an event due "in 1e-11 tokens" lands at the same instant
+# and the clock never moves (a Zeno loop).
+EPS = 1e-6
 
 
 class EngineHost(Protocol):

@@ -52,3 +52,17 @@ def test_prompt_larger_than_the_kv_cache_is_failed_not_lost():
     assert result.summary["failed"] == 1
     assert result.summary["completed"] == 1
     assert math.isnan(result.ttft[0])
+
+
+@pytest.mark.timeout(120)
+def test_a_long_run_never_stalls_on_float_rounding():
+    # Regression: hours into a run the KV cache had room for 23.000000001 tokens for 23
+    # sequences; the next event was due 1e-12 s later, which rounds to now, forever.
+    from vllm_autoscaler.config.loader import load_config
+    from vllm_autoscaler.simulations import generators
+    from vllm_autoscaler.simulations.run import simulate
+    from vllm_autoscaler.simulations.traces import slice_trace
+
+    day = generators.diurnal(mean_rate=4, peak_to_trough=4, duration_s=86400, period_s=86400, seed=2)
+    result = simulate(slice_trace(day, 0, 21600), load_config(), "controller")
+    assert result.summary["completed"] + result.summary["failed"] == result.summary["requests"]
