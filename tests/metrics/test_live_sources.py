@@ -38,9 +38,9 @@ pytestmark = pytest.mark.realparts
 
 # Arriving 10/s, faster than vLLM serves 512-token requests (~3/s here), the requests queue
 # inside vLLM, where its TTFT clock sees them, not in its HTTP front end, where it does not.
-REQUESTS, MAX_TOKENS, SPACING_S = 64, 512, 0.1  # ~12-20 s: several 1-s scrapes even if some time out
+REQUESTS, MAX_TOKENS, SPACING_S = 32, 512, 0.1  # ~6-10 s: several 2-s scrapes
 SELECTOR = {"model_name": MODEL_NAME}
-SCRAPE_INTERVAL_S = 1.0  # the fixture's Prometheus
+SCRAPE_INTERVAL_S = 2.0  # the fixture's Prometheus
 FRONT_END_S = 0.25  # HTTP and tokenizing ahead of vLLM's clock, on an idle machine
 
 
