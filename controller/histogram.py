@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from itertools import accumulate
 
 # Bucket upper bounds of vLLM's latency histograms (vllm/v1/metrics/loggers.py).
 TTFT_BUCKETS = (
@@ -22,23 +23,31 @@ def bucket_index(bounds: Sequence[float], value: float) -> int:
     return bisect_left(bounds, value)
 
 
-def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[float]) -> float | None:
-    """PromQL's histogram_quantile over per-bucket (non-cumulative) counts.
+def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
+    """The q-quantile of a histogram given as {upper bound: cumulative count}, as PromQL does.
 
-    `counts` has one entry per bound plus the +Inf bucket. Linear interpolation inside the
-    bucket, the lowest bucket starting at 0, and a quantile in +Inf answers the highest
-    finite bound, as Prometheus does. None when there are no observations.
+    Linear interpolation inside the bucket the rank falls in (the lowest bucket starts at 0);
+    a rank in the +Inf bucket gives the highest finite bound. NaN when there is nothing to
+    estimate from: no +Inf bucket, fewer than two buckets, or no observations.
     """
-    total = sum(counts)
-    if total <= 0 or math.isnan(total):
-        return None
+    if not 0 <= q <= 1:
+        raise ValueError(f"quantile must be within [0, 1], got {q}")
+    bounds = sorted(buckets)
+    if len(bounds) < 2 or bounds[-1] != math.inf:
+        return math.nan
+    # Counts may be non-monotonic when summed from scrapes taken at slightly different times.
+    counts = list(accumulate((buckets[bound] for bound in bounds), max))
+    total = counts[-1]
+    if total == 0:
+        return math.nan
     rank = q * total
-    seen = 0.0
-    for i, count in enumerate(counts):
-        if seen + count >= rank and count > 0:
-            if i == len(bounds):
-                return bounds[-1]
-            lower = bounds[i - 1] if i > 0 else 0.0
-            return lower + (bounds[i] - lower) * (rank - seen) / count
-        seen += count
-    return bounds[-1]
+    b = next(i for i, count in enumerate(counts) if count >= rank)
+    if b == len(bounds) - 1:
+        return bounds[-2]
+    if b == 0 and bounds[0] <= 0:
+        return bounds[0]
+    lower, below = (bounds[b - 1], counts[b - 1]) if b > 0 else (0.0, 0.0)
+    in_bucket = counts[b] - below
+    if in_bucket == 0:  # only q == 0 over an empty lowest bucket
+        return math.nan
+    return lower + (bounds[b] - lower) * (rank - below) / in_bucket

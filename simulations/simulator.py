@@ -14,6 +14,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from operator import attrgetter
 
 import numpy as np
@@ -73,8 +74,11 @@ class WindowedHistogram:
             self.snapshots.popleft()
 
     def quantile(self, q: float) -> float | None:
+        """As PromQL over the window: cumulative counts by upper bound; None if empty."""
         base = self.snapshots[0][1] if self.snapshots else [0.0] * len(self.counts)
-        return histogram_quantile(q, self.bounds, [c - b for c, b in zip(self.counts, base)])
+        cumulative = accumulate(c - b for c, b in zip(self.counts, base))
+        value = histogram_quantile(q, dict(zip((*self.bounds, math.inf), cumulative)))
+        return None if math.isnan(value) else value
 
 
 class Simulation:
