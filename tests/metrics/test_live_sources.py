@@ -38,7 +38,7 @@ pytestmark = pytest.mark.realparts
 
 # Arriving 10/s, faster than vLLM serves 512-token requests (~3/s here), the requests queue
 # inside vLLM, where its TTFT clock sees them, not in its HTTP front end, where it does not.
-REQUESTS, MAX_TOKENS, SPACING_S = 32, 512, 0.1  # ~6-10 s: several 2-s scrapes
+REQUESTS, MAX_TOKENS, SPACING_S = 32, 512, 0.1  # ~6-10 s: several scrapes
 SELECTOR = {"model_name": MODEL_NAME}
 SCRAPE_INTERVAL_S = 2.0  # the fixture's Prometheus
 FRONT_END_S = 0.25  # HTTP and tokenizing ahead of vLLM's clock, on an idle machine
@@ -114,7 +114,18 @@ def burst(vllm_server: str, prometheus_server: PrometheusServer) -> Burst:
     return asyncio.run(record_burst(vllm_server, prometheus_server.url))
 
 
-@pytest.mark.parametrize("source", ["prometheus", "scrape"])
+# Known flaky through Prometheus: while the 2-core CPU server runs a burst its API process is
+# starved and /metrics answers too late for some 2-s scrapes, so Prometheus can keep the
+# pre-burst 0 for the whole burst (seen in about half of quiet runs). Not strict: it still runs
+# and its outcome is reported; the scrape source asserts the same rise with a 5-s timeout.
+PROMETHEUS_GAUGES_FLAKY = pytest.mark.xfail(
+    strict=False, reason="Prometheus scrapes of a starved CPU vLLM server can miss a short burst"
+)
+
+
+@pytest.mark.parametrize(
+    "source", [pytest.param("prometheus", marks=PROMETHEUS_GAUGES_FLAKY), "scrape"]
+)
 def test_a_burst_raises_running_waiting_and_kv_usage(burst: Burst, source: str):
     before, polled = burst.before[source], burst.polled[source]
     assert (before.running.value, before.waiting.value, before.kv_usage_max.value) == (0, 0, 0)
