@@ -62,8 +62,8 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
     stretches = report["stretches"]
     assert set(stretches) == {"all", "normal", "overloaded"}
     for who in ("live", "simulated"):
-        # The burst queues requests, live and in the simulator alike.
-        # The burst queues requests (how much depends on how busy the 2-core machine is).
+        # The burst queues requests, live and in the simulator alike (how much depends on
+        # how busy the 2-core machine is).
         assert stretches["overloaded"][who]["ttft_p95"] > 1.2 * stretches["normal"][who]["ttft_p50"]
         assert stretches["all"][who]["completed"] == report["requests"]
     # Under normal load both deliver what arrives: throughput follows the trace.
