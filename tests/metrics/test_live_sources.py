@@ -165,6 +165,7 @@ def test_the_scrape_window_holds_exactly_the_burst(burst: Burst):
     assert after.output_tokens_rate.value * window == pytest.approx(REQUESTS * MAX_TOKENS)
 
 
+@PROMETHEUS_GAUGES_FLAKY  # same cause: Prometheus may miss scrapes of the starved server
 def test_the_two_sources_agree(burst: Burst):
     prometheus, scrape = burst.after["prometheus"], burst.after["scrape"]
     for field in [f"{h}_{p}" for h in ("ttft", "itl") for p in QUANTILES]:
