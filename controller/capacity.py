@@ -40,10 +40,7 @@ class LoadPoint:
     feasible: bool
 
 
-def load_point(
-    profile: ReplicaProfile, rate: float, prompt: float, output: float,
-    kv_fraction: float = KV_SAFE_FRACTION,
-) -> LoadPoint:  # fmt: skip
+def load_point(profile: ReplicaProfile, rate: float, prompt: float, output: float) -> LoadPoint:
     """Predicted p99-ish TTFT, ITL and decode batch of one replica at `rate` requests/s."""
     per_token = profile.decode_per_seq_s + profile.decode_per_context_token_s * (prompt + output / 2)
     rho = rate * (output * per_token + prompt * profile.prefill_per_token_s)
@@ -64,7 +61,7 @@ def load_point(
         return LoadPoint(math.inf, itl, batch, False)
     ttft = step + prefill_s(PROMPT_P99_TO_MEAN * prompt) + TAIL_P99 * prefill_s(prompt) * u / (1 - u)
     kv_mean = batch * (prompt + output / 2)
-    fits = batch <= profile.max_num_seqs and kv_mean <= kv_fraction * profile.kv_cache_tokens
+    fits = batch <= profile.max_num_seqs and kv_mean <= KV_SAFE_FRACTION * profile.kv_cache_tokens
     return LoadPoint(ttft, itl, batch, fits)
 
 
