@@ -32,7 +32,7 @@ from aiohttp import web
 from kubernetes.client import ApiClient
 
 from ..actuators.errors import ActuatorError
-from ..actuators.kubernetes import KubernetesActuator, kubernetes_api_client
+from ..actuators.kubernetes import KubernetesActuator, RetryPolicy, kubernetes_api_client
 from ..actuators.lease import LeaseElector
 from ..actuators.modal import ModalActuator
 from ..config.loader import ConfigError, load_config
@@ -65,6 +65,32 @@ CONFIG_POLL_S = 1.0
 # /healthz fails when no tick has started for this many tick periods (a wedged loop).
 LIVENESS_TICKS = 4
 LIVENESS_MIN_S = 60.0
+# Longest a control plane call may take (less when ticks are shorter: see _build).
+KUBERNETES_TIMEOUT_S = 5.0
+MODAL_TIMEOUT_S = 30.0
+MIN_CALL_BUDGET_S = 2.0
+
+
+class Clock:
+    """The daemon's time. `monotonic()` paces ticks; `now()` is the time handed to policies
+    and metric sources: the wall clock read once, at start, then moved by the monotonic clock
+    only, so that a step of the wall clock (NTP, an operator, a resumed VM) moves neither tick
+    deadlines nor the policy's windows and forecasts. `wait` returns when `event` is set or
+    after `timeout` seconds. (A benchmark replaces it to skip the waits.)"""
+
+    def __init__(self) -> None:
+        self._offset = time.time() - time.monotonic()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def now(self) -> float:
+        return self._offset + self.monotonic()
+
+    async def wait(self, event: asyncio.Event, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
 
 
 class ListenError(RuntimeError):
@@ -115,9 +141,10 @@ class Daemon:
     def __init__(self, config: Config, *, config_path: Path | None = None,
                  overrides: Sequence[str] = (), dry_run: bool = False,
                  kubeconfig: str | None = None, host: str = "0.0.0.0", port: int = 8080,
-                 identity: str | None = None) -> None:
+                 identity: str | None = None, clock: Clock | None = None) -> None:
         """Builds every target's parts; raises one of StartupError when it cannot."""
         self.config = config
+        self.clock = clock or Clock()
         self.telemetry = Telemetry()
         self.port = port
         self._config_path, self._overrides = config_path, list(overrides)
@@ -134,7 +161,7 @@ class Daemon:
         self._wake = asyncio.Event()  # set to cut a sleep short: stop or reload
         self._actuating = False
         self._ready = False
-        self._last_tick_at = time.monotonic()
+        self._last_tick_at = self.clock.monotonic()
         self._runner: web.AppRunner | None = None
         self._closed = False
 
@@ -197,18 +224,16 @@ class Daemon:
     # --- ticks -------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time()
+        next_tick = self.clock.monotonic()
         while not self._stopping:
-            started = loop.time()
-            self._last_tick_at = time.monotonic()
+            started = self._last_tick_at = self.clock.monotonic()
             if not await self._run_tick():
                 return
-            elapsed = loop.time() - started
+            elapsed = self.clock.monotonic() - started
             self.telemetry.tick_duration.observe(elapsed)
             tick_s = self.config.tick_seconds
             next_tick += tick_s
-            if loop.time() > next_tick:  # overran: start on the next tick boundary
+            if self.clock.monotonic() > next_tick:  # overran: start on the next tick boundary
                 log.warning("tick.overrun", duration_s=round(elapsed, 3), tick_seconds=tick_s)
                 self.telemetry.tick_overruns.inc()
                 next_tick = started + math.ceil(elapsed / tick_s) * tick_s
@@ -216,18 +241,15 @@ class Daemon:
 
     async def _sleep_until(self, deadline: float) -> None:
         """Sleep until the deadline, reloading the config when asked; return early on stop."""
-        loop = asyncio.get_running_loop()
         while not self._stopping:
             self._wake.clear()
             if self._reload_requested:
                 self._reload()
                 continue
-            remaining = deadline - loop.time()
+            remaining = deadline - self.clock.monotonic()
             if remaining <= 0:
                 return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await self._wake.wait()
+            await self.clock.wait(self._wake, remaining)
 
     async def _run_tick(self) -> bool:
         """One tick; on stop, abandon it unless it is actuating (then give it a grace).
@@ -272,7 +294,7 @@ class Daemon:
 
     async def _observe_and_decide(self, runtime: TargetRuntime) -> Outcome:
         observation = await self._observe(runtime)
-        now = time.time()
+        now = self.clock.now()
         if runtime.measured_at is not None:
             self.telemetry.metrics_age.labels(runtime.name).set(now - runtime.measured_at)
         if observation is None:
@@ -283,6 +305,12 @@ class Daemon:
             log.exception("policy.failed", target=runtime.name)
             self.telemetry.error("internal")
             return Outcome(observation)
+        problems = getattr(runtime.source, "problems", None)
+        if problems:  # values left out or rejected: what was read may understate the load
+            self.telemetry.error("metrics")
+            log.error("metrics.degraded", target=runtime.name, problems=problems,
+                      action="deciding on what was read, without scaling down")
+            decision = _no_scale_down(decision, observation)
         self.telemetry.observed(runtime.name, observation)
         self.telemetry.decided(runtime.name, decision)
         return Outcome(observation, decision)
@@ -424,14 +452,20 @@ class Daemon:
 
     def _build(self, config: Config, target: Target) -> TargetRuntime:
         policy = make_policy(POLICY, target, config.tick_seconds, load_profile(target.profile))
+        # A control plane that does not answer costs at most about a tick (the next tick is
+        # the retry), never less than a floor that a busy but healthy one keeps within.
+        budget_s = max(config.tick_seconds, MIN_CALL_BUDGET_S)
         actuators: list[Actuator] = []
         if target.kubernetes_pool:
             pool = target.kubernetes_pool
             actuators.append(KubernetesActuator(
                 pool, api_client=self._kube(), dry_run=self._dry_run,
-                max_writes_per_minute=pool.max_writes_per_minute))
+                max_writes_per_minute=pool.max_writes_per_minute,
+                request_timeout_seconds=min(KUBERNETES_TIMEOUT_S, budget_s),
+                retry=RetryPolicy(total_seconds=min(RetryPolicy().total_seconds, budget_s))))
         if target.modal_pool:
-            actuators.append(ModalActuator(target.modal_pool, dry_run=self._dry_run))
+            actuators.append(ModalActuator(target.modal_pool, dry_run=self._dry_run,
+                                           timeout_seconds=min(MODAL_TIMEOUT_S, budget_s)))
         self.telemetry.target_added(target.name, target.pools)
         return TargetRuntime(target, policy, self._source(config, target), actuators)
 
@@ -439,10 +473,11 @@ class Daemon:
         metrics = config.metrics
         if metrics.source == "prometheus":
             selector = {**metrics.prometheus.selector, **target.selector}
-            return PrometheusMetrics(metrics.prometheus.model_copy(update={"selector": selector}))
+            return PrometheusMetrics(metrics.prometheus.model_copy(update={"selector": selector}),
+                                     clock=self.clock.now)
         if metrics.source == "direct":
             kube = self._kube() if metrics.direct.service else None
-            return ScrapeMetrics.from_config(metrics.direct, kube)
+            return ScrapeMetrics.from_config(metrics.direct, kube, clock=self.clock.now)
         raise ConfigError(f"metrics.source {metrics.source!r} exists in the simulator only; "
                           "the controller reads 'prometheus' or 'direct'")
 
@@ -470,7 +505,7 @@ class Daemon:
         self.port = self._runner.addresses[0][1]  # the one bound when asked for port 0
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        silent_s = time.monotonic() - self._last_tick_at
+        silent_s = self.clock.monotonic() - self._last_tick_at
         limit_s = max(LIVENESS_TICKS * self.config.tick_seconds, LIVENESS_MIN_S)
         if silent_s > limit_s:
             return web.Response(status=503, text=f"no tick started for {silent_s:.0f} s\n")
@@ -512,6 +547,23 @@ def _newest(observation: Observation) -> float | None:
 def _samples(observation: Observation) -> dict[str, Sample]:
     return {f.name: getattr(observation, f.name) for f in dataclasses.fields(observation)
             if isinstance(getattr(observation, f.name), Sample)}
+
+
+def _no_scale_down(decision: Decision, observation: Observation) -> Decision:
+    """The decision, with no pool below what it is set to now."""
+    k8s, modal = observation.kubernetes, observation.modal
+    replicas, minimum = decision.kubernetes_replicas, decision.modal_min_containers
+    if replicas is not None and k8s is not None and replicas < k8s.desired:
+        replicas = k8s.desired
+    buffer = decision.modal_buffer_containers or 0
+    if minimum is not None and modal is not None and minimum + buffer < modal.desired:
+        minimum = modal.desired - buffer
+    if (replicas, minimum) == (decision.kubernetes_replicas, decision.modal_min_containers):
+        return decision
+    reason = dataclasses.replace(decision.reason, summary=decision.reason.summary +
+                                 " (held up: metrics degraded, no scale-down)")
+    return dataclasses.replace(decision, kubernetes_replicas=replicas,
+                               modal_min_containers=minimum, reason=reason)
 
 
 def _log_decision(target: str, outcome: Outcome, leader: bool, dry_run: bool) -> None:

@@ -19,8 +19,8 @@ from urllib3.util.retry import Retry
 
 from ..config.schema import PrometheusSource
 from ..controller.types import Observation
-from .common import QUANTILES, MetricsUnavailable, measured
-from .vllm_names import ALL_SPELLINGS, Signal, detect
+from .common import QUANTILES, MetricsUnavailable, screened
+from .vllm_names import ALL_SPELLINGS, Signal, absent_essentials, detect
 
 _RATE = "sum(rate({series}[{window}]))"
 _QUANTILE = "histogram_quantile({q}, sum by (le) (rate({{series}}[{{window}}])))"
@@ -78,6 +78,7 @@ class PrometheusMetrics:
         self._window = config.rate_window
         self._window_s = duration_seconds(config.rate_window)
         self._clock = clock
+        self.problems: list[str] = []  # what was wrong with the last collection's values
         # No retries here: the controller's next tick is the retry, and a slow failure would
         # stall this one. POST, as the combined query is long.
         self._client = PrometheusConnect(
@@ -96,13 +97,20 @@ class PrometheusMetrics:
         results = self._query(self._signals_query(names))
         evaluated_at = float(results[0]["value"][0])  # the same for all: one query
         values = {r["metric"]["signal"]: float(r["value"][1]) for r in results}
-        at = values.pop(_MEASURED_AT, evaluated_at)
-        if evaluated_at - at > self._window_s:
+        # Ages as Prometheus measures them, placed on our clock: the two clocks need not agree.
+        age = evaluated_at - values.pop(_MEASURED_AT, evaluated_at)
+        problems = absent_essentials(names) if names else [
+            f"Prometheus has no vLLM series under the selector {{{self._matchers}}} (are the "
+            "replicas scraped, is the selector right?)"]
+        if age > self._window_s:
             values = {}  # the replicas stopped reporting: nothing here describes the window
-        return Observation(
-            time=self._clock(),
-            **{field: measured(values.get(field), at) for field in [*QUERIES, "replicas_reporting"]},
-        )
+            problems.append(f"the newest vLLM sample is {age:.0f} s old, older than the rate "
+                            f"window ({self._window})")
+        now = self._clock()
+        samples, rejected = screened(
+            {field: values.get(field) for field in [*QUERIES, "replicas_reporting"]}, now - age)
+        self.problems = problems + rejected
+        return Observation(time=now, **samples)
 
     def _series(self, names: str) -> str:
         """A selector of the named series (a `|`-separated regex) and the target's labels."""

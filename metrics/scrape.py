@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ..config.schema import DirectScrapeSource
 from ..controller.types import Observation
-from .common import QUANTILES, MetricsUnavailable, histogram_quantile, measured
-from .vllm_names import ALL_SPELLINGS, Kind, Signal, detect
+from .common import QUANTILES, MetricsUnavailable, histogram_quantile, screened
+from .vllm_names import ALL_SPELLINGS, Kind, Signal, absent_essentials, detect
 
 TargetLister = Callable[[], Awaitable[list[str]]]
 
@@ -109,19 +109,20 @@ class ScrapeMetrics:
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._previous: dict[str, ReplicaMetrics] = {}
+        self.problems: list[str] = []  # what was wrong with the last collection
 
     @classmethod
-    def from_config(cls, config: DirectScrapeSource, kube_api: kube.ApiClient | None = None
-                    ) -> ScrapeMetrics:
+    def from_config(cls, config: DirectScrapeSource, kube_api: kube.ApiClient | None = None,
+                    clock: Callable[[], float] = time.time) -> ScrapeMetrics:
         if config.service is not None and config.targets:
             raise ValueError("metrics.direct: give either targets or service, not both")
         if config.service is None:
-            return cls(static_targets(config.targets), config.timeout_seconds)
+            return cls(static_targets(config.targets), config.timeout_seconds, clock=clock)
         if kube_api is None:
             raise ValueError(f"metrics.direct.service is {config.service!r}: discovering its "
                              "endpoints needs a Kubernetes API client")
         return cls(endpoint_slice_targets(kube_api, config.service, config.namespace, config.port),
-                   config.timeout_seconds)
+                   config.timeout_seconds, clock=clock)
 
     async def aclose(self) -> None:
         if self._session is not None:
@@ -139,7 +140,14 @@ class ScrapeMetrics:
             failures = "; ".join(f"{url}: {reason}" for url, reason in zip(urls, results))
             raise MetricsUnavailable(f"no vLLM replica answered: {failures}")
         previous, self._previous = self._previous, current
-        return self._observation(current, previous)
+        observation, rejected = self._observation(current, previous)
+        unanswered = [f"replica {url} left out: {reason}" for url, reason in
+                      zip(urls, results, strict=True) if url not in current]
+        found = {s for r in current.values() for s in (*r.gauges, *r.counters)}
+        absent = absent_essentials(found) if found else [
+            f"no vLLM series in the /metrics of {', '.join(current)}"]
+        self.problems = unanswered + (absent if current else []) + rejected
+        return observation
 
     async def _scrape(self, url: str) -> ReplicaMetrics | str:
         """The replica's metrics, or why there are none."""
@@ -154,7 +162,8 @@ class ScrapeMetrics:
             return f"malformed /metrics ({error})"
 
     def _observation(self, current: dict[str, ReplicaMetrics],
-                     previous: dict[str, ReplicaMetrics]) -> Observation:
+                     previous: dict[str, ReplicaMetrics]) -> tuple[Observation, list[str]]:
+        """The observation, and the values rejected as faults."""
         now = self._clock()
         replicas = list(current.values())
         windows = [(previous[url], r) for url, r in current.items() if url in previous]
@@ -173,7 +182,8 @@ class ScrapeMetrics:
             "replicas_reporting": len(replicas),
         }
         at = min((r.at for r in replicas), default=now)  # the oldest scrape in the figures
-        return Observation(time=now, **{field: measured(v, at) for field, v in values.items()})
+        samples, rejected = screened(values, at)
+        return Observation(time=now, **samples), rejected
 
 
 Window = tuple[ReplicaMetrics, ReplicaMetrics]  # one replica's previous and current scrape

@@ -56,3 +56,13 @@ def detect(present: Collection[str]) -> dict[Signal, str]:
         if name is not None:
             found[signal] = name
     return found
+
+
+# What the controller cannot decide without: in-flight work and the arrival rate.
+ESSENTIAL = (Signal.RUNNING, Signal.WAITING, Signal.FINISHED)
+
+
+def absent_essentials(found: Collection[Signal]) -> list[str]:
+    """A line for each essential signal not `found` under any of its names."""
+    return [f"no series vllm:{signal.names[0]} (under any known name: renamed by this vLLM "
+            "release, or not scraped?)" for signal in ESSENTIAL if signal not in found]
