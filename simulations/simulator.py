@@ -15,7 +15,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
-from operator import attrgetter
 
 import numpy as np
 
@@ -306,12 +305,16 @@ class Simulation:
         return summarise(self, wall_s)
 
 
-engine_load = attrgetter("engine.load")
+def admits_soonest(replica) -> tuple[int, int]:
+    """Routing key: a replica with nothing waiting admits at its next step, whatever it runs;
+    among those, the one holding the fewest requests."""
+    engine = replica.engine
+    return engine.num_waiting, engine.load
 
 
 class Router:
-    """Least-loaded ready Kubernetes replica first; spill to Modal when Kubernetes is full,
-    i.e. when even the least-loaded replica already has requests it cannot admit (waiting).
+    """The ready Kubernetes replica that admits soonest first; spill to Modal when Kubernetes
+    is full, i.e. when every replica already has requests it has not admitted (waiting).
 
     With no Modal pool, a full Kubernetes pool still takes the request (it queues in vLLM);
     with no ready capacity at all, requests wait here until some appears or they time out.
@@ -329,7 +332,7 @@ class Router:
         sim = self.sim
         best = None
         if sim.k8s is not None and sim.k8s.serving:
-            best = min(sim.k8s.serving, key=engine_load)
+            best = min(sim.k8s.serving, key=admits_soonest)
         if best is not None and (best.engine.num_waiting < self.spill_threshold or sim.modal is None):
             best.engine.enqueue(req, now)
         elif sim.modal is not None:
