@@ -148,11 +148,13 @@ class ControllerPolicy(Section):
     max_scale_down_per_tick: Annotated[int, Field(ge=1)] = 2
     hysteresis: Annotated[float, Field(ge=0, le=1)] = 0.1
     stale_after_seconds: PositiveFloat = 60
-    # Hybrid: Kubernetes carries this quantile of the recent arrival rate (the base load);
+    # Hybrid: Kubernetes carries this quantile, over the last base_load_window_seconds, of
+    # the arrival rate held at its peak for Modal's scaledown window (the base load);
     # None: 1 − (Kubernetes price / Modal price), the share of time a layer of load must be
-    # present for an hourly-billed pod to beat per-second billing.
+    # present for an hourly-billed pod to beat per-second billing. A short window moves a
+    # lasting level shift onto Kubernetes within minutes.
     base_load_quantile: Fraction | None = None
-    base_load_window_seconds: PositiveFloat = 1800
+    base_load_window_seconds: PositiveFloat = 600
     modal_buffer_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 

@@ -81,9 +81,17 @@ class RateForecaster:
         upper = max(point + self.z * self.error, self.latest)
         return Forecast(point, upper, self.latest)
 
-    def recent_quantile(self, now: float, window_s: float, q: float) -> float:
-        """The q-quantile of the rates measured over the last `window_s` (the base load)."""
-        values = sorted(self.rates[bisect_left(self.times, now - window_s):])
-        if not values:
+    def recent_quantile(self, now: float, window_s: float, q: float, hold_s: float = 0.0) -> float:
+        """The q-quantile over the last `window_s` of the rate held at its peak for `hold_s`
+        (a capacity that lingers `hold_s` after each need, like an idle serverless container,
+        is busy whenever the rate peaked within the last `hold_s`)."""
+        start = bisect_left(self.times, now - window_s)
+        if start == len(self.times):
             return 0.0
-        return values[min(int(q * len(values)), len(values) - 1)]
+        times, rates = self.times, self.rates
+        held = []
+        for i in range(start, len(times)):
+            first = bisect_left(times, times[i] - hold_s, lo=0, hi=i)
+            held.append(max(rates[first:i + 1]))
+        held.sort()
+        return held[min(int(q * len(held)), len(held) - 1)]

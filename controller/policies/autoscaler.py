@@ -29,6 +29,8 @@ from ..types import Decision, Observation, Reason
 CORRECTION_DOWN = 0.93
 CORRECTION_UP = 1.01
 CORRECTION_RANGE = (0.6, 1.1)
+# Measured quantiles cover the last minute: one cut per overload, not one per tick it shows.
+CORRECTION_COOLDOWN_S = 60.0
 MODAL_STABILIZATION_S = 60.0
 # The token mix moves slowly; per-window means are noisy (a few hundred requests).
 MIX_ALPHA = 0.05
@@ -49,6 +51,7 @@ class ControllerPolicy:
         self.prompt_mean = 1000.0
         self.output_mean = 200.0
         self.correction = 1.0
+        self.last_cut = -math.inf
         self.last: Decision | None = None
         k8s, modal = target.kubernetes_pool, target.modal_pool
         self.k8s_guard = k8s and PoolGuard(
@@ -107,15 +110,18 @@ class ControllerPolicy:
         k8s_ready = observation.kubernetes.ready if observation.kubernetes else 0
         modal_ready = observation.modal.ready if observation.modal else 0
         pressure = self._pressure(observation, now, k8s_ready + modal_ready)
-        self._correct(pressure)
+        self._correct(pressure, now)
         capacity = self._capacity()
         if capacity <= 0:
             return self._hold(observation, "SLO unreachable with this profile: holding")
         in_flight = self._fresh(observation, "running", now) or 0.0
         floor = math.ceil(in_flight / self.profile.max_num_seqs)  # never below in-flight work
-        # Requests already queued are load the pools failed to take: clear them within the
-        # TTFT SLO, on top of the forecast (proportional, so it vanishes once they drain).
-        queued = (self._fresh(observation, "waiting", now) or 0.0) + (
+        # Requests queued beyond the few a busy engine always holds between two steps are
+        # load the pools failed to take: clear them within the TTFT SLO, on top of the
+        # forecast (proportional, so it vanishes once they drain).
+        waiting = self._fresh(observation, "waiting", now) or 0.0
+        tolerated = self.p.waiting_per_replica_target * (k8s_ready + modal_ready)
+        queued = max(waiting - tolerated, 0.0) + (
             observation.modal.backlog or 0 if observation.modal else 0
         )
         backlog_rate = queued / self.target.slo.ttft_seconds
@@ -147,11 +153,16 @@ class ControllerPolicy:
         if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
             return max(self._replicas(band.upper + backlog_rate, capacity), floor)
         # Hybrid: the base layer — load present often enough that an hourly-billed pod beats
-        # per-second Modal; what exceeds the pods spills over to Modal.
-        window = self.p.base_load_window_seconds
-        base = min(self.forecaster.recent_quantile(now, window, self.base_quantile), band.point)
+        # per-second Modal; what exceeds the pods spills over to Modal. A Modal container
+        # stays billed for its scaledown window after each use, so a layer counts as present
+        # whenever it was needed within that window.
+        hold = self.target.modal_pool.scaledown_window_seconds
+        base = self.forecaster.recent_quantile(
+            now, self.p.base_load_window_seconds, self.base_quantile, hold
+        )
+        base = min(base, band.upper)
         details["k8s_base_rate"] = base
-        return round(base / capacity)
+        return math.ceil(base / capacity)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for."""
@@ -189,10 +200,12 @@ class ControllerPolicy:
         prompt, output = round(self.prompt_mean, -1), round(self.output_mean, -1)
         return replica_capacity(self.profile, slo.ttft_seconds, slo.itl_seconds, prompt, output) * self.correction
 
-    def _correct(self, pressure: str | None) -> None:
+    def _correct(self, pressure: str | None, now: float) -> None:
         low, high = CORRECTION_RANGE
         if pressure:
-            self.correction = max(self.correction * CORRECTION_DOWN, low)
+            if now - self.last_cut >= CORRECTION_COOLDOWN_S:
+                self.correction = max(self.correction * CORRECTION_DOWN, low)
+                self.last_cut = now
         else:
             self.correction = min(self.correction * CORRECTION_UP, high)
 
