@@ -28,7 +28,7 @@ from ..types import Decision, Observation, Reason
 # Online capacity correction: multiplicative decrease on SLO pressure, slow recovery.
 CORRECTION_DOWN = 0.93
 CORRECTION_UP = 1.01
-CORRECTION_RANGE = (0.6, 1.1)
+CORRECTION_RANGE = (0.6, 1.2)
 # Measured quantiles cover the last minute: one cut per overload, not one per tick it shows.
 CORRECTION_COOLDOWN_S = 60.0
 MODAL_STABILIZATION_S = 60.0
