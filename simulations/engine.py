@@ -43,10 +43,11 @@ class Replica:
     """One vLLM engine. `enqueue` hands it a request; the host's clock drives its events."""
 
     __slots__ = (
-        "host", "profile", "waiting", "prefilling", "prefill_left", "decoding", "finish_heap",
-        "v_start", "generated", "v", "v_time", "step_s", "in_step", "step_chunks",
-        "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s", "kv_cap",
-        "kv_admit_cap", "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx", "c_prefill",
+        "host", "profile", "waiting", "prefilling", "prefill_left", "prefill_total",
+        "step_prefill", "decoding", "finish_heap", "v_start", "generated", "v", "v_time",
+        "step_s", "in_step", "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s",
+        "kv_cap", "kv_admit_cap", "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx",
+        "c_prefill", "schedule", "on_step_end", "on_decode",
     )  # fmt: skip
 
     def __init__(self, host: EngineHost, profile: ReplicaProfile, owner: object = None):
@@ -60,18 +61,23 @@ class Replica:
         # The step-time coefficients as plain floats: this is the simulator's hot path.
         self.c_base, self.c_seq = profile.decode_base_s, profile.decode_per_seq_s
         self.c_ctx, self.c_prefill = profile.decode_per_context_token_s, profile.prefill_per_token_s
+        # Bound once: a fresh bound method for every scheduled event is an allocation each.
+        self.schedule = host.schedule
+        self.on_step_end = self._on_step_end
+        self.on_decode = self._on_decode
         self.waiting: deque[int] = deque()  # not yet admitted
         self.prefilling: deque[int] = deque()  # admitted, prompt (or recompute) not done
         self.prefill_left: dict[int, int] = {}
+        self.prefill_total = 0  # sum of prefill_left
+        self.step_prefill = 0  # prompt tokens computed by the step under way
         self.decoding: dict[int, float] = {}  # req -> finish v; insertion order = admission
-        self.finish_heap: list[tuple[float, int]] = []
+        self.finish_heap: list[tuple[float, int]] = []  # (finish v, req) of `decoding`, exactly
         self.v_start: dict[int, float] = {}
         self.generated: dict[int, int] = {}  # only for requests that were preempted
         self.v = 0.0  # decode tokens per running sequence since start (the virtual clock)
         self.v_time = 0.0  # when `v` was last brought up to date
         self.step_s = 0.0  # length of the current decode-only step (fluid mode)
         self.in_step = False  # a prefill-carrying step is under way
-        self.step_chunks: list[tuple[int, int]] = []
         self.kv_prefill = 0  # KV tokens held by admitted requests still in prefill
         self.ctx_base = 0.0  # decoding context = ctx_base + len(decoding) * v
         self.version = 0  # invalidates events scheduled before a state change
@@ -107,6 +113,7 @@ class Replica:
         held = list(self.waiting) + list(self.prefilling) + list(self.decoding)
         self.waiting.clear()
         self.prefilling.clear()
+        self.prefill_total = 0
         self.decoding.clear()
         self.finish_heap.clear()
         self.load = 0
@@ -121,11 +128,8 @@ class Replica:
             self.v += (now - self.v_time) / self.step_s
         self.v_time = now
 
-    def _context(self) -> float:
-        return self.ctx_base + len(self.decoding) * self.v
-
     def _kv_room(self) -> float:
-        return self.kv_cap - self.kv_prefill - self._context()
+        return self.kv_cap - self.kv_prefill - (self.ctx_base + len(self.decoding) * self.v)
 
     def _admit(self, now: float) -> None:
         host, waiting, prefilling = self.host, self.waiting, self.prefilling
@@ -143,6 +147,7 @@ class Replica:
             waiting.popleft()
             prefilling.append(req)
             self.prefill_left[req] = need
+            self.prefill_total += need
             self.kv_prefill += need
 
     def _plan(self, now: float) -> None:
@@ -153,36 +158,21 @@ class Replica:
         # ReplicaProfile.step_seconds, inlined.
         decode_s = self.c_base + self.c_seq * batch + self.c_ctx * context
         if self.prefilling:
-            budget = self.budget - batch
-            chunks = []
-            prefill_left = self.prefill_left
-            for req in self.prefilling:
-                if budget <= 0:
-                    break
-                take = min(prefill_left[req], budget)
-                chunks.append((req, take))
-                budget -= take
-            self.step_chunks = chunks
+            # What is left of the token budget after decode goes to prompts in admission
+            # order (chunked prefill); only the total matters until the step ends.
+            prefill = min(self.prefill_total, max(self.budget - batch, 0))
+            self.step_prefill = prefill
             self.in_step = True
-            scheduled = self.budget - batch - budget
-            step = decode_s + self.c_prefill * scheduled
-            self.host.schedule(now + step, self._on_step_end, self.version)
+            step = decode_s + self.c_prefill * prefill
+            self.schedule(now + step, self.on_step_end, self.version)
         elif batch:
             self.step_s = decode_s
-            v_next = self._next_finish_v()
             room = self.kv_cap - self.kv_prefill - context
             v_full = self.v + max(room - batch, 0.0) / batch
-            self.host.schedule(
-                now + (min(v_next, v_full) - self.v) * decode_s, self._on_decode, self.version
-            )
+            v_next = min(self.finish_heap[0][0], v_full)
+            self.schedule(now + (v_next - self.v) * decode_s, self.on_decode, self.version)
         else:
             self._mark_idle(now)
-
-    def _next_finish_v(self) -> float:
-        heap = self.finish_heap
-        while heap and self.decoding.get(heap[0][1]) != heap[0][0]:
-            heapq.heappop(heap)  # finished or preempted since it was pushed
-        return heap[0][0]
 
     def _on_step_end(self, now: float, version: int) -> None:
         if version != self.version:
@@ -191,14 +181,22 @@ class Replica:
         self.v_time = now
         if self.decoding:
             self.v += 1.0
-        for req, took in self.step_chunks:
-            left = self.prefill_left[req] - took
-            if left > 0:
-                self.prefill_left[req] = left
-            else:
-                self._prefill_done(req, now)
-        self.step_chunks = []
+        self._prefill_progress(self.step_prefill, now)
         self._continue(now)
+
+    def _prefill_progress(self, tokens: int, now: float) -> None:
+        """Hand a step's prompt tokens to the prefilling requests, head first: every one but
+        the last finishes its prompt."""
+        self.prefill_total -= tokens
+        prefill_left, prefilling = self.prefill_left, self.prefilling
+        while tokens:
+            req = prefilling[0]
+            left = prefill_left[req]
+            if left > tokens:
+                prefill_left[req] = left - tokens
+                return
+            tokens -= left
+            self._prefill_done(req, now)
 
     def _on_decode(self, now: float, version: int) -> None:
         if version != self.version:
@@ -209,7 +207,9 @@ class Replica:
     def _continue(self, now: float) -> None:
         """After a step or decode event: retire finished sequences, make room in the KV
         cache, admit what now fits, and plan what comes next."""
-        self._finish_due(now)
+        heap = self.finish_heap
+        if heap and heap[0][0] <= self.v + EPS:
+            self._finish_due(now)
         if self.decoding and self._kv_room() < len(self.decoding) + EPS:
             self._relieve_kv()
         if self.waiting:
@@ -221,9 +221,10 @@ class Replica:
         self.prefilling.popleft()  # budget goes to the head first, so prompts finish in order
         del self.prefill_left[req]
         host = self.host
-        prefilled = host.prompt[req] + self.generated.get(req, 0)
+        generated = self.generated.get(req, 0)
+        prefilled = host.prompt[req] + generated
         self.kv_prefill -= prefilled
-        generated = self.generated.get(req, 0) + 1
+        generated += 1
         if generated == 1:
             host.first_token(req, now)
         left = host.output[req] - generated
@@ -239,15 +240,9 @@ class Replica:
         heapq.heappush(self.finish_heap, (finish_v, req))
 
     def _finish_due(self, now: float) -> None:
-        heap, decoding = self.finish_heap, self.decoding
-        while heap:
-            finish_v, req = heap[0]
-            if decoding.get(req) != finish_v:
-                heapq.heappop(heap)
-                continue
-            if finish_v > self.v + EPS:
-                break
-            heapq.heappop(heap)
+        heap = self.finish_heap
+        while heap and heap[0][0] <= self.v + EPS:
+            req = heapq.heappop(heap)[1]
             self._drop_decoding(req)
             self._release(req, now)
 
@@ -262,6 +257,10 @@ class Replica:
         (vLLM's default recompute preemption); it goes back to the head of the queue."""
         while self.decoding and self._kv_room() < len(self.decoding) + EPS:
             req = next(reversed(self.decoding))
+            # Preemption is rare: taking its entry out of the heap keeps the heap exact, so
+            # the hot paths never meet a stale entry.
+            self.finish_heap.remove((self.decoding[req], req))
+            heapq.heapify(self.finish_heap)
             generated = self.generated[req] + int(self.v - self.v_start[req])
             self._drop_decoding(req)
             self.generated[req] = generated
