@@ -16,6 +16,7 @@ Each tick:
 from __future__ import annotations
 
 import math
+from collections import deque
 
 from ...config.schema import ControllerPolicy as Params
 from ...config.schema import Target
@@ -29,11 +30,50 @@ from ..types import Decision, Observation, Reason
 CORRECTION_DOWN = 0.93
 CORRECTION_UP = 1.01
 CORRECTION_RANGE = (0.6, 1.2)
-# Measured quantiles cover the last minute: one cut per overload, not one per tick it shows.
-CORRECTION_COOLDOWN_S = 60.0
+# Measured quantiles cover the last minute: one capacity cut per overload, not one per tick
+# it shows; an overload is judged against the lowest warm capacity and highest rate of that
+# minute.
+METRICS_WINDOW_S = 60.0
 MODAL_STABILIZATION_S = 60.0
+# Overload while the tick's mean rate would use less than this share of the warm replicas is
+# a burst shorter than the rate window; each one raises the burst reserve by this factor.
+BURSTY_BELOW_UTILIZATION = 0.5
+BURST_RESERVE_GROWTH = 1.25
 # The token mix moves slowly; per-window means are noisy (a few hundred requests).
 MIX_ALPHA = 0.05
+
+
+class BurstReserve:
+    """Warm replicas kept for recurring bursts shorter than the rate window.
+
+    Such bursts average away in the measured rate, and only capacity already warm when one
+    starts serves it within the TTFT SLO (a pod takes minutes, a Modal container seconds).
+    An overload that leaves most warm capacity idle on average is such a burst; when another
+    came within `memory_s`, the reserve rises above the warm capacity that failed. Each
+    `memory_s` without one halves it, so it settles near what the bursts need.
+    """
+
+    def __init__(self, memory_s: float):
+        self.memory_s = memory_s
+        self.level = 0
+        self.last_burst = self.last_change = -math.inf
+        self.recent: deque[tuple[float, int, float]] = deque()  # (time, warm, rate)
+
+    def update(self, overload: bool, warm: int, rate: float, capacity: float, now: float) -> int:
+        self.recent.append((now, warm, rate))
+        while self.recent[0][0] < now - METRICS_WINDOW_S:
+            self.recent.popleft()
+        least_warm = min(w for _, w, _ in self.recent)
+        peak_rate = max(r for _, _, r in self.recent)
+        if overload and peak_rate < BURSTY_BELOW_UTILIZATION * least_warm * capacity:
+            if now - self.last_burst <= self.memory_s:
+                grown = max(least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
+                self.level = max(self.level, grown)
+            self.last_burst = self.last_change = now
+        elif self.level and now - self.last_change >= self.memory_s:
+            self.level //= 2
+            self.last_change = now
+        return self.level
 
 
 class ControllerPolicy:
@@ -52,6 +92,7 @@ class ControllerPolicy:
         self.output_mean = 200.0
         self.correction = 1.0
         self.last_cut = -math.inf
+        self.burst_reserve = BurstReserve(p.burst_memory_seconds)
         self.last: Decision | None = None
         k8s, modal = target.kubernetes_pool, target.modal_pool
         self.k8s_guard = k8s and PoolGuard(
@@ -129,6 +170,15 @@ class ControllerPolicy:
             "rate": rate, "capacity_per_replica": capacity, "correction": self.correction,
             "pressure": pressure, "backlog_rate": backlog_rate,
         }  # fmt: skip
+        # The capacity held warm on purpose: ready pods, or for Modal alone its warm minimum
+        # (containers Modal starts on demand come up seconds after the burst that needed them).
+        if self.target.kubernetes_pool:
+            held_warm = k8s_ready
+        else:
+            held_warm = min(modal_ready, observation.modal.desired) if observation.modal else 0
+        reserve = self.burst_reserve.update(bool(pressure), held_warm, rate, capacity, now)
+        floor = max(floor, reserve)
+        details["burst_reserve"] = self.burst_reserve.level
         k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details)
         k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
         modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, backlog_rate, details)
@@ -162,7 +212,7 @@ class ControllerPolicy:
         )
         base = min(base, band.upper)
         details["k8s_base_rate"] = base
-        return math.ceil(base / capacity)
+        return max(math.ceil(base / capacity), self.burst_reserve.level)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for."""
@@ -203,7 +253,7 @@ class ControllerPolicy:
     def _correct(self, pressure: str | None, now: float) -> None:
         low, high = CORRECTION_RANGE
         if pressure:
-            if now - self.last_cut >= CORRECTION_COOLDOWN_S:
+            if now - self.last_cut >= METRICS_WINDOW_S:
                 self.correction = max(self.correction * CORRECTION_DOWN, low)
                 self.last_cut = now
         else:

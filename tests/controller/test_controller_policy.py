@@ -156,3 +156,31 @@ def test_queued_requests_add_capacity_in_proportion_and_drop_once_drained():
     assert queued.modal_min_containers > calm.modal_min_containers  # seconds, not minutes
     assert queued.reason.driver == "pressure"
     assert queued.kubernetes_replicas >= calm.kubernetes_replicas  # never shrinks under pressure
+
+
+def test_recurring_bursts_the_rate_averages_away_keep_warm_pods_then_lapse():
+    p = policy()
+    memory = p.p.burst_memory_seconds
+    pods = 4  # 4 pods at 1 req/s: mostly idle, yet the TTFT SLO is missed
+    for i in range(40):
+        p.decide(observe(i * TICK, 1.0, (pods, 0, pods)), i * TICK)
+    now = 40 * TICK
+    first = p.decide(observe(now, 1.0, (pods, 0, pods), ttft=9.0), now)
+    assert first.reason.details["burst_reserve"] == 0  # one overload is not yet a pattern
+    again = now + 5 * 60
+    second = p.decide(observe(again, 1.0, (pods, 0, pods), ttft=9.0), again)
+    assert second.reason.details["burst_reserve"] > pods
+    assert second.kubernetes_replicas > pods
+    quiet = [again + TICK * i for i in range(1, int(memory / TICK) + 2)]
+    for t in quiet:
+        last = p.decide(observe(t, 1.0, (pods + 1, 0, pods + 1)), t)
+    assert last.reason.details["burst_reserve"] < second.reason.details["burst_reserve"]
+
+
+def test_an_overload_that_the_mean_rate_explains_is_no_burst():
+    p = policy()
+    replay(p, [6.0] * 40)
+    for i in range(40, 80):  # 4 pods at 6 req/s: busy, overloaded for minutes
+        now = i * TICK
+        d = p.decide(observe(now, 6.0, (4, 0, 4), ttft=9.0), now)
+    assert d.reason.details["burst_reserve"] == 0
