@@ -9,17 +9,19 @@ actuators apply to pools that start, bill and drain like the real ones.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import attrgetter
 
 import numpy as np
 
 from ..config.schema import Config, Target
-from ..controller.histogram import ITL_BUCKETS, TTFT_BUCKETS, bucket_index, histogram_quantile
+from ..controller.histogram import ITL_BUCKETS, TTFT_BUCKETS, histogram_quantile
 from ..controller.profile import ReplicaProfile
 from ..controller.types import Decision, Observation, Policy, Sample
 from .engine import Replica
@@ -65,7 +67,7 @@ class WindowedHistogram:
         self.snapshots: deque[tuple[float, list[float]]] = deque()
 
     def observe(self, value: float, weight: float = 1.0) -> None:
-        self.counts[bucket_index(self.bounds, value)] += weight
+        self.counts[bisect_left(self.bounds, value)] += weight  # bucket_index, inlined (hot)
 
     def snapshot(self, now: float, window: float) -> None:
         self.snapshots.append((now, list(self.counts)))
@@ -119,8 +121,9 @@ class Simulation:
         self.itl_hist = WindowedHistogram(ITL_BUCKETS)
         self.window = config.simulation.metrics_window_seconds
         self.rate_marks: deque[tuple[float, int, int, int]] = deque()
-        self.arrived = 0
-        self.prompt_arrived = 0
+        self.arrived = 0  # requests routed so far, brought up to date at each tick
+        # Prompt tokens of the first i requests, for the prompt-token rate.
+        self.prompt_cumsum = np.concatenate(([0], np.cumsum(self.prompt, dtype=np.int64)))
         self.tokens_done = 0
         k8s, modal = target.kubernetes_pool, target.modal_pool
         self.k8s = SimKubernetesPool(self, k8s) if k8s else None
@@ -136,39 +139,47 @@ class Simulation:
 
     def run(self) -> SimResult:
         started = time.perf_counter()
-        arrival, events, tick = self.arrival, self.events, self.config.tick_seconds
-        n = len(arrival)
-        i = 0
-        next_tick = -self.warmup_s
-        end = (arrival[-1] if n else 0.0) + DRAIN_HORIZON_S
-        route = self.router.route
         if self.warmup_s > 0:
-            self._warm_start(next_tick)
-        while True:
-            t_arrival = arrival[i] if i < n else math.inf
-            t_event = events[0][0] if events else math.inf
-            if next_tick <= t_arrival and next_tick <= t_event:
-                if i >= n and self.all_done():
-                    break
-                if next_tick > end:
-                    break
-                self.now = next_tick
-                self._tick(next_tick)
-                next_tick += tick
-            elif t_event <= t_arrival:
-                when, _, callback, arg = heapq.heappop(events)
-                self.now = when
-                callback(when, arg)
-            else:
-                self.now = t_arrival
-                self.arrived += 1
-                self.prompt_arrived += self.prompt[i]
-                route(i, t_arrival)
-                i += 1
+            self._warm_start(-self.warmup_s)
+        self._replay()
         # Every policy is billed over the same span: at least the whole trace.
-        self.now = max(self.now, arrival[-1] if n else 0.0)
+        self.now = max(self.now, self.arrival[-1] if self.arrival else 0.0)
         self._fail_leftovers()
         return self._result(time.perf_counter() - started)
+
+    def _replay(self) -> None:
+        """The event loop. At equal times the tick goes first, then events, then the arrival."""
+        arrival, tick = self.arrival, self.config.tick_seconds
+        n = len(arrival)
+        next_tick = -self.warmup_s
+        end = (arrival[-1] if n else 0.0) + DRAIN_HORIZON_S
+        route, run_events = self.router.route, self._run_events
+        i = 0
+        while True:
+            t_arrival = arrival[i] if i < n else math.inf
+            run_events(t_arrival, next_tick)
+            if next_tick <= t_arrival:  # no event is left before the tick either
+                if (i >= n and self.all_done()) or next_tick > end:
+                    return
+                self.now = next_tick
+                self.arrived = i
+                self._tick(next_tick)
+                next_tick += tick
+            else:
+                self.now = t_arrival
+                route(i, t_arrival)
+                i += 1
+
+    def _run_events(self, t_arrival: float, next_tick: float) -> None:
+        """Every event due before the next tick and no later than the next arrival."""
+        events = self.events
+        while events:
+            when = events[0][0]
+            if when >= next_tick or when > t_arrival:
+                return
+            _, _, callback, arg = heapq.heappop(events)
+            self.now = when
+            callback(when, arg)
 
     def _warm_start(self, now: float) -> None:
         """Start where a running service would be: the primary pool (Kubernetes if there is
@@ -235,7 +246,8 @@ class Simulation:
     def observe(self, now: float) -> Observation:
         self.ttft_hist.snapshot(now, self.window)
         self.itl_hist.snapshot(now, self.window)
-        self.rate_marks.append((now, self.arrived, self.prompt_arrived, self.tokens_done))
+        prompt_arrived = int(self.prompt_cumsum[self.arrived])
+        self.rate_marks.append((now, self.arrived, prompt_arrived, self.tokens_done))
         while len(self.rate_marks) > 1 and self.rate_marks[1][0] <= now - self.window:
             self.rate_marks.popleft()
         engines = [s.engine for p in self.pools for s in p.servers if s.ready]  # draining too
@@ -264,7 +276,7 @@ class Simulation:
             itl_p95=sample(self.itl_hist.quantile(0.95)),
             itl_p99=sample(self.itl_hist.quantile(0.99)),
             arrival_rate=rate(self.arrived - arrived0),
-            prompt_tokens_rate=rate(self.prompt_arrived - prompt0),
+            prompt_tokens_rate=rate(prompt_arrived - prompt0),
             output_tokens_rate=rate(self.tokens_done - tokens0),
             replicas_reporting=sample(float(len(engines))),
         )
@@ -312,6 +324,9 @@ def admits_soonest(replica) -> tuple[int, int]:
     return engine.num_waiting, engine.load
 
 
+engine_load = attrgetter("engine.load")
+
+
 class Router:
     """The ready Kubernetes replica that admits soonest first; spill to Modal when Kubernetes
     is full, i.e. when every replica already has requests it has not admitted (waiting).
@@ -332,13 +347,20 @@ class Router:
         sim = self.sim
         best = None
         if sim.k8s is not None and sim.k8s.serving:
-            best = min(sim.k8s.serving, key=admits_soonest)
+            best = self._admits_soonest(sim.k8s.serving)
         if best is not None and (best.engine.num_waiting < self.spill_threshold or sim.modal is None):
             best.engine.enqueue(req, now)
         elif sim.modal is not None:
             sim.modal.submit(req, now)
         else:
             self.pending.append(req)
+
+    @staticmethod
+    def _admits_soonest(serving: list[Server]) -> Server:
+        # The least-loaded replica (first of equals) usually has nothing waiting, and then it
+        # is the answer too; the full key, with a Python call per replica, is the slow path.
+        best = min(serving, key=engine_load)
+        return best if best.engine.num_waiting == 0 else min(serving, key=admits_soonest)
 
     def capacity_added(self, now: float) -> None:
         pending, self.pending = self.pending, deque()
