@@ -9,9 +9,9 @@ actuators apply to pools that start, bill and drain like the real ones.
 from __future__ import annotations
 
 import heapq
-from bisect import bisect_left
 import math
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
