@@ -9,6 +9,11 @@ step (a decode token for every running sequence plus a chunk of prefill tokens) 
 where `context` is the number of tokens (prompt + generated) held by the decoding batch:
 decode is memory-bound (weights once per step, KV cache per context token), prefill is
 compute-bound (per prompt token).
+
+`request_overhead_s` is the time a request spends in the server outside the engine (vLLM's
+HTTP front end: parsing, tokenizing, detokenizing, streaming), once per request; it adds to
+TTFT and end-to-end latency but takes no engine time. Default 0: profiles without it (the
+shipped estimates) model the engine alone.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class ReplicaProfile(BaseModel):
     decode_base_s: Positive
     decode_per_seq_s: NonNeg = 0.0
     decode_per_context_token_s: NonNeg = 0.0
+    request_overhead_s: NonNeg = 0.0
 
     def step_seconds(self, batch: int, context_tokens: float, prefill_tokens: int) -> float:
         return (

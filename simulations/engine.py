@@ -47,7 +47,7 @@ class Replica:
         "step_prefill", "decoding", "finish_heap", "v_start", "generated", "v", "v_time",
         "step_s", "in_step", "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s",
         "kv_cap", "kv_admit_cap", "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx",
-        "c_prefill", "schedule", "on_step_end", "on_decode",
+        "c_prefill", "schedule", "on_step_end", "on_decode", "overhead", "front_end", "on_front_end",
     )  # fmt: skip
 
     def __init__(self, host: EngineHost, profile: ReplicaProfile, owner: object = None):
@@ -61,10 +61,15 @@ class Replica:
         # The step-time coefficients as plain floats: this is the simulator's hot path.
         self.c_base, self.c_seq = profile.decode_base_s, profile.decode_per_seq_s
         self.c_ctx, self.c_prefill = profile.decode_per_context_token_s, profile.prefill_per_token_s
+        # The HTTP front end's time per request (vLLM's API server, beside the engine): a
+        # request reaches the engine this long after it arrived.
+        self.overhead = profile.request_overhead_s
+        self.front_end: set[int] = set()  # requests in it
         # Bound once: a fresh bound method for every scheduled event is an allocation each.
         self.schedule = host.schedule
         self.on_step_end = self._on_step_end
         self.on_decode = self._on_decode
+        self.on_front_end = self._on_front_end
         self.waiting: deque[int] = deque()  # not yet admitted
         self.prefilling: deque[int] = deque()  # admitted, prompt (or recompute) not done
         self.prefill_left: dict[int, int] = {}
@@ -99,8 +104,20 @@ class Replica:
         return self.kv_prefill + self.ctx_base + len(self.decoding) * self.v
 
     def enqueue(self, req: int, now: float) -> None:
-        self._advance(now)
         self.load += 1
+        if self.overhead > 0:
+            self.front_end.add(req)
+            self.schedule(now + self.overhead, self.on_front_end, req)
+            return
+        self._to_engine(req, now)
+
+    def _on_front_end(self, now: float, req: int) -> None:
+        if req in self.front_end:  # else evicted meanwhile
+            self.front_end.remove(req)
+            self._to_engine(req, now)
+
+    def _to_engine(self, req: int, now: float) -> None:
+        self._advance(now)
         if self.busy_since is None:
             self.busy_since = now
         self.waiting.append(req)
@@ -110,7 +127,8 @@ class Replica:
 
     def evict_all(self, now: float) -> list[int]:
         """Drop every request held (the pod is killed); returns them."""
-        held = list(self.waiting) + list(self.prefilling) + list(self.decoding)
+        held = list(self.front_end) + list(self.waiting) + list(self.prefilling) + list(self.decoding)
+        self.front_end.clear()
         self.waiting.clear()
         self.prefilling.clear()
         self.prefill_total = 0

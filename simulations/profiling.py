@@ -1,6 +1,7 @@
 """Measure a live vLLM replica and fit its `ReplicaProfile` (`vllm-autoscaler profile`).
 
-The sweep: a prefill stage (one request at a time, prompts of many lengths, 2 output tokens),
+The sweep: a prefill stage (one request at a time, prompts spread over the lengths to
+profile, 1 output token),
 then closed-loop load at each concurrency in turn (that many users, each sending its next
 streamed completion when the last ends), with prompt and output lengths drawn from a trace
 or fixed. The client knows when each request was sent, streamed its first token and ended;
@@ -10,21 +11,23 @@ much context they held (a request gains its tokens at an even pace).
 The fit: the profile's step model (controller/profile.py),
     step = decode_base + decode_per_seq * batch + decode_per_context_token * context
            + prefill_per_token * prefill_tokens,
-by least squares on two kinds of rows, each kind in units of its median (relative errors)
-and weighing as much as the other:
-- TTFT of a request that found the server idle: one step, `decode_base + prefill * prompt`
-  (unless vLLM held its first token back until the last);
+plus a per-request overhead outside the engine (`request_overhead_s`: vLLM's HTTP front end,
+once in a TTFT, once in a request's life), by robust least squares on two kinds of rows, in
+two stages (`fit`):
+- TTFT of a request that found the server idle: one step and the overhead,
+  `decode_base + overhead + prefill * prompt` (unless vLLM held its first token back until
+  the last);
 - mean step time over the life of a request the server admitted at once: its end-to-end
   latency over its output tokens (one step per token, the first one carrying its prompt),
   with the mean batch and context over its life and the prompts of the requests sent
   meanwhile (their prefill lengthened its steps). End-to-end rather than inter-token
   latency: vLLM may hold streamed tokens back (`--stream-interval`, or a front end short of
   CPU), so only the request's start and end are trusted.
-plus a per-request overhead outside the engine (vLLM's HTTP front end: once in a TTFT, once
-in a request's life), which the profile has no room for: it is reported, not kept, so that
-prefill_per_token is what one more prompt token costs the engine. Without it the fit would
-charge the front end's time to prefill, and the simulator would run out of capacity early.
-Coefficients are kept >= 0, and outliers weigh less (a robust loss).
+The overhead is latency, not engine time (the front end runs beside the engine): without it
+the fit would charge the front end's time to prefill, and the simulator would run out of
+capacity early. Coefficients are kept >= 0, and outliers weigh less (a robust loss).
+Checked against a CPU vLLM server's own per-step log (`--enable-logging-iteration-details`):
+prefill 0.115 ms/token there, 0.12-0.14 fitted on a busy machine.
 """
 
 from __future__ import annotations
@@ -47,8 +50,8 @@ from .loadgen import (
 from .traces import Trace
 
 COEFFICIENTS = ("decode_base_s", "decode_per_seq_s", "decode_per_context_token_s", "prefill_per_token_s")
-OVERHEAD = "request_overhead_s"  # per request, outside the engine: not in the profile's model
-PREFILL_STAGE_OUTPUT_TOKENS = 2  # the prefill stage's requests: a prompt, and hardly a decode
+OVERHEAD = "request_overhead_s"  # per request, outside the engine (latency, no engine time)
+PREFILL_STAGE_OUTPUT_TOKENS = 1  # the prefill stage's requests: a prompt and its first token
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initialisation)
 MAX_FAILED_SHARE = 0.05
@@ -212,17 +215,33 @@ class Fit:
 
 
 def fit(m: Measurements, max_num_seqs: int) -> Fit:
-    """The profile's coefficients and the per-request overhead, by a robust least-squares fit;
-    each kind of row in units of its median (relative errors) and weighing as much in all."""
+    """The profile's coefficients and the per-request overhead, by robust fits in two stages.
+
+    1. TTFT of requests alone on the server: `c0 + prefill_per_token * prompt`, where c0 is
+       one step's base plus the overhead (the two are one constant there).
+    2. Mean step time over a request's life, less its prefill (stage 1's cost per token) and
+       c0 once: `decode_base * (1 - 1/steps) + decode_per_seq * batch + decode_per_context
+       * context`; then the overhead is what c0 leaves of decode_base.
+    In one joint fit, the life rows (more, and noisier on a busy machine) pulled prefill and
+    overhead apart: the cost per prompt token came out 60% high, the overhead near 0.
+    """
     rows = design(m, max_num_seqs)
-    kinds = (rows.is_ttft, ~rows.is_ttft)
-    scale = sum(k * np.median(rows.y[k]) * np.sqrt(2 * k.sum() / len(rows.y)) for k in kinds)
-    *coefficients, overhead = robust_nonneg_fit(rows.x, rows.y, scale)
-    relative = np.abs(rows.x @ np.r_[coefficients, overhead] / rows.y - 1)
+    ttft, x, y = rows.is_ttft, rows.x, rows.y
+    c0, prefill = robust_nonneg_fit(x[ttft][:, [0, 3]], y[ttft], np.full(ttft.sum(), np.median(y[ttft])))
+    life = ~ttft & (x[:, 4] < 1)  # more than one step: something to learn about decode
+    if life.sum() < 3:
+        raise ProfilingError(f"too few requests of more than one output token admitted at once: {life.sum()}")
+    per_step = x[life][:, 4]
+    decode = y[life] - prefill * x[life][:, 3] - c0 * per_step
+    base, per_seq, per_context = robust_nonneg_fit(
+        np.column_stack([1 - per_step, x[life][:, 1], x[life][:, 2]]), decode,
+        np.full(life.sum(), np.median(y[life])))  # fmt: skip
+    coefficients = dict(zip(COEFFICIENTS, map(float, (base, per_seq, per_context, prefill))))
+    overhead = max(float(c0 - base), 0.0)
+    relative = np.abs(x @ np.r_[list(coefficients.values()), overhead] / y - 1)
     return Fit(
-        dict(zip(COEFFICIENTS, map(float, coefficients))), float(overhead),
-        ttft_error=float(np.median(relative[rows.is_ttft])),
-        step_error=float(np.median(relative[~rows.is_ttft])), rows=rows,
+        coefficients, overhead,
+        ttft_error=float(np.median(relative[ttft])), step_error=float(np.median(relative[life])), rows=rows,
     )  # fmt: skip
 
 
@@ -249,10 +268,14 @@ class Lengths:
         return _draw(*fit_lengths(self.prompt, self.output, max_model_len), rng)
 
     def prefill_sampler(self, max_model_len: int, rng: np.random.Generator) -> Callable[[], tuple[int, int]]:
-        """The prefill stage's requests: the prompts (a fixed one spread from a quarter to twice
-        its length, so that the cost per token shows apart from the cost per request), and
-        PREFILL_STAGE_OUTPUT_TOKENS out."""
-        prompt = self.prompt if len(self.prompt) > 1 else np.round(self.prompt[0] * np.linspace(0.25, 2, 8))
+        """The prefill stage's requests: prompts spread evenly over the lengths to profile (a
+        fixed one from a quarter to twice its length), so that the cost per token shows apart
+        from the cost per request, and PREFILL_STAGE_OUTPUT_TOKENS out. Even, not as the
+        trace has them: a trace's prompts bunch up, and a busy machine's noise then tilts the
+        slope."""
+        fitted, _ = fit_lengths(self.prompt, self.output, max_model_len)
+        low, high = (fitted.min(), fitted.max()) if len(fitted) > 1 else (fitted[0] / 4, fitted[0] * 2)
+        prompt = np.round(np.linspace(low, high, 16))
         prompt = np.clip(prompt, 1, max_model_len - PREFILL_STAGE_OUTPUT_TOKENS).astype(int)
         return _draw(prompt, np.full(len(prompt), PREFILL_STAGE_OUTPUT_TOKENS), rng)
 
@@ -356,7 +379,7 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
     return ReplicaProfile(
         name=name, model=sweep.endpoint.model, gpu=gpu, source=source, max_num_seqs=max_num_seqs[0],
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=sweep.kv_cache_tokens,
-        **fitted.coefficients,
+        request_overhead_s=fitted.request_overhead_s, **fitted.coefficients,
     )  # fmt: skip
 
 
@@ -364,8 +387,8 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
 def fit_summary(fitted: Fit) -> list[str]:
     return [
         f"fit: median relative error TTFT {fitted.ttft_error:.1%}, step time {fitted.step_error:.1%}",
-        f"not in the profile's model: {fitted.request_overhead_s * 1e3:.2f} ms per request outside "
-        "the engine (HTTP front end): simulated TTFT and E2E are short of it",
+        f"request_overhead_s: {fitted.request_overhead_s * 1e3:.2f} ms per request outside the "
+        "engine (HTTP front end), in every TTFT and E2E",
     ]
 
 
@@ -394,7 +417,7 @@ def plot_fit(fitted: Fit, title: str, path: Path) -> None:
     order = np.argsort(rows.prompt[t])
     left.plot(rows.prompt[t][order], predicted[t][order] * 1e3, "r-", label="fit: base + prefill x prompt + overhead")
     left.plot(rows.prompt[t][order], fitted.predict(with_overhead=False)[t][order] * 1e3, "k:",
-              label="the profile (no per-request overhead)")  # fmt: skip
+              label="the engine's share (no per-request overhead)")  # fmt: skip
     left.set(xlabel="prompt tokens", ylabel="TTFT (ms)", title="TTFT at low load")
     left.legend(fontsize=8)
     d = ~t
