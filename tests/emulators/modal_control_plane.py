@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,7 @@ class Received:
     rpc: str
     request: Message
     token_id: str | None
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 def _unimplemented(rpc: str):
@@ -135,6 +137,12 @@ class ModalControlPlane(ModalClientBase):
             for function in self._functions.values():
                 if function.app == app:
                     function.overrides = api_pb2.AutoscalerSettings()
+
+    def undeploy(self, app: str) -> None:
+        """Stop an app: its functions are gone (a later deploy gives them new ids)."""
+        with self._lock:
+            for key in [key for key in self._functions if key[0] == app]:
+                del self._functions[key]
 
     def function(self, app: str, name: str) -> DeployedFunction:
         with self._lock:
@@ -262,7 +270,8 @@ class ModalControlPlane(ModalClientBase):
 
     def _record(self, rpc: str, request: Message, metadata) -> None:
         with self._lock:
-            self._received.append(Received(rpc, request, metadata.get("x-modal-token-id")))
+            self._received.append(
+                Received(rpc, request, metadata.get("x-modal-token-id"), time.monotonic()))
 
     async def _inject_fault(self, rpc: str) -> None:
         with self._lock:

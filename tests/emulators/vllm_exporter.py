@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,28 +17,34 @@ from aiohttp import web
 
 
 class Exporter:
-    """One replica's /metrics; set `text` to change what the next scrape sees."""
+    """One replica's /metrics; set `text` (or a function returning it, called at each scrape)
+    to change what the next scrape sees."""
 
-    def __init__(self, text: str):
+    def __init__(self, text: str | Callable[[], str]):
         self.text = text
+        self.delay = 0.0  # seconds before each answer (a slow replica)
         self.url = ""
         self._runner: web.AppRunner | None = None
 
-    async def start(self) -> None:
+    async def start(self, port: int = 0) -> None:
+        """Serve on `port` (0: a free one; a stopped exporter restarts on its own with
+        `start(exporter.port)`)."""
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}/metrics"
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        host, self.port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{self.port}/metrics"
 
     async def stop(self) -> None:
         await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         # The content type prometheus_client (hence vLLM) sends.
-        return web.Response(body=self.text.encode(),
+        await asyncio.sleep(self.delay)
+        text = self.text() if callable(self.text) else self.text
+        return web.Response(body=text.encode(),
                             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
