@@ -15,7 +15,7 @@ from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import accumulate
+from itertools import accumulate, count
 from operator import attrgetter
 
 import numpy as np
@@ -65,20 +65,24 @@ class WindowedHistogram:
         self.bounds = bounds
         self.counts = [0.0] * (len(bounds) + 1)
         self.snapshots: deque[tuple[float, list[float]]] = deque()
+        self.window_buckets: dict[float, float] = {}  # {upper bound: cumulative count}
 
     def observe(self, value: float, weight: float = 1.0) -> None:
         self.counts[bisect_left(self.bounds, value)] += weight  # bucket_index, inlined (hot)
 
     def snapshot(self, now: float, window: float) -> None:
+        """Take a tick's snapshot; quantiles until the next one are over the window ending now."""
         self.snapshots.append((now, list(self.counts)))
         while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - window:
             self.snapshots.popleft()
+        # A tick asks for several quantiles of the same window: its buckets are built once.
+        base = self.snapshots[0][1]
+        cumulative = accumulate(c - b for c, b in zip(self.counts, base))
+        self.window_buckets = dict(zip((*self.bounds, math.inf), cumulative))
 
     def quantile(self, q: float) -> float | None:
         """As PromQL over the window: cumulative counts by upper bound; None if empty."""
-        base = self.snapshots[0][1] if self.snapshots else [0.0] * len(self.counts)
-        cumulative = accumulate(c - b for c, b in zip(self.counts, base))
-        value = histogram_quantile(q, dict(zip((*self.bounds, math.inf), cumulative)))
+        value = histogram_quantile(q, self.window_buckets)
         return None if math.isnan(value) else value
 
 
@@ -114,7 +118,7 @@ class Simulation:
         self.failed = bytearray(n)
         self.fail_reasons: dict[str, int] = {}
         self.events: list = []
-        self.seq = 0
+        self.seq = count()  # ties in time run in scheduling order
         self.now = 0.0
         self.timeout = config.simulation.request_timeout_seconds
         self.ttft_hist = WindowedHistogram(TTFT_BUCKETS)
@@ -134,8 +138,7 @@ class Simulation:
 
     # ---- the clock -----------------------------------------------------------------------
     def schedule(self, when: float, callback, arg) -> None:
-        self.seq += 1
-        heapq.heappush(self.events, (when, self.seq, callback, arg))
+        heapq.heappush(self.events, (when, next(self.seq), callback, arg))
 
     def run(self) -> SimResult:
         started = time.perf_counter()
@@ -307,9 +310,8 @@ class Simulation:
 
     # ---- the end -------------------------------------------------------------------------
     def _fail_leftovers(self) -> None:
-        for req in range(len(self.arrival)):
-            if math.isnan(self.finished_at[req]):
-                self.fail(req, self.now, "not served before the end of the simulation")
+        for req in np.flatnonzero(np.isnan(self.finished_at)).tolist():
+            self.fail(req, self.now, "not served before the end of the simulation")
 
     def _result(self, wall_s: float) -> SimResult:
         from .summary import summarise
