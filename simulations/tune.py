@@ -51,6 +51,7 @@ SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution] = {
     "hysteresis": FloatDistribution(0.0, 0.3),
     "base_load_window_seconds": FloatDistribution(300, 7200, log=True),
     "modal_buffer_fraction": FloatDistribution(0.0, 1.0),
+    "burst_memory_seconds": FloatDistribution(0.0, 3600),
 }
 # Parameters where None means "automatic": a trial keeps the automatic value or picks one.
 OPTIONAL_SPACE: dict[str, FloatDistribution] = {
