@@ -133,11 +133,12 @@ class ControllerPolicy(Section):
     level_alpha: Fraction = 0.3
     trend_beta: Annotated[float, Field(ge=0, le=1)] = 0.05
     error_alpha: Fraction = 0.1
-    band_z: NonNegFloat = 2.0
-    # Headroom on top of the forecast band when sizing capacity.
-    headroom: Annotated[float, Field(ge=0, le=2)] = 0.1
+    band_z: NonNegFloat = 1.0
+    # Headroom on top of the forecast band when sizing capacity (the band and the SLO-safe
+    # capacity already carry the margin; raise for a safety factor of your own).
+    headroom: Annotated[float, Field(ge=0, le=2)] = 0.0
     # Target utilisation of one replica's SLO-safe capacity.
-    target_utilization: Fraction = 0.85
+    target_utilization: Fraction = 1.0
     # Feedback: measured signals above these targets add capacity.
     ttft_feedback_fraction: Annotated[float, Field(gt=0, le=2)] = 1.0
     kv_usage_target: Fraction = 0.9
