@@ -8,7 +8,8 @@ Each tick:
 3. Plan: Kubernetes (cheap per hour, slow) carries the base load that will still be there
    when a new pod is ready — the load level present often enough that an hourly-billed pod
    beats per-second Modal billing; Modal warm containers cover the rest of the band and
-   the gap while pods start. Single-pool targets put everything on their pool.
+   the gap while pods start. Single-pool targets put everything on their pool. Recurring
+   bursts too short for the measured rate to show keep a reserve of warm replicas.
 4. Guard: bounds, stabilised scale-down, per-tick limits; never below in-flight work; on
    missing or stale metrics hold the last decision (never scale down blind).
 """
@@ -35,8 +36,8 @@ CORRECTION_RANGE = (0.6, 1.2)
 # minute.
 METRICS_WINDOW_S = 60.0
 MODAL_STABILIZATION_S = 60.0
-# Overload while the tick's mean rate would use less than this share of the warm replicas is
-# a burst shorter than the rate window; each one raises the burst reserve by this factor.
+# Overload while the minute's peak rate would use less than this share of the warm replicas
+# is a burst shorter than the rate window; a recurring one raises the reserve by this factor.
 BURSTY_BELOW_UTILIZATION = 0.5
 BURST_RESERVE_GROWTH = 1.25
 # The token mix moves slowly; per-window means are noisy (a few hundred requests).
