@@ -44,7 +44,7 @@ class Replica:
 
     __slots__ = (
         "host", "profile", "waiting", "prefilling", "prefill_left", "prefill_total",
-        "step_prefill", "decoding", "finish_heap", "v_start", "generated", "v", "v_time",
+        "step_prefill", "decoding", "finish_heap", "generated", "v", "v_time",
         "step_s", "in_step", "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s",
         "kv_cap", "kv_admit_cap", "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx",
         "c_prefill", "schedule", "on_step_end", "on_decode", "overhead", "front_end", "on_front_end",
@@ -75,10 +75,11 @@ class Replica:
         self.prefill_left: dict[int, int] = {}
         self.prefill_total = 0  # sum of prefill_left
         self.step_prefill = 0  # prompt tokens computed by the step under way
-        self.decoding: dict[int, float] = {}  # req -> finish v; insertion order = admission
+        # req -> (finish v, its share of ctx_base, v when it started decoding, tokens generated
+        # then); insertion order = admission order.
+        self.decoding: dict[int, tuple[float, float, float, int]] = {}
         self.finish_heap: list[tuple[float, int]] = []  # (finish v, req) of `decoding`, exactly
-        self.v_start: dict[int, float] = {}
-        self.generated: dict[int, int] = {}  # only for requests that were preempted
+        self.generated: dict[int, int] = {}  # tokens of preempted requests, kept for recompute
         self.v = 0.0  # decode tokens per running sequence since start (the virtual clock)
         self.v_time = 0.0  # when `v` was last brought up to date
         self.step_s = 0.0  # length of the current decode-only step (fluid mode)
@@ -219,7 +220,9 @@ class Replica:
     def _on_decode(self, now: float, version: int) -> None:
         if version != self.version:
             return
-        self._advance(now)
+        # _advance, inlined: a live decode event is always within a decode-only stretch.
+        self.v += (now - self.v_time) / self.step_s
+        self.v_time = now
         self._continue(now)
 
     def _continue(self, now: float) -> None:
@@ -239,53 +242,45 @@ class Replica:
         self.prefilling.popleft()  # budget goes to the head first, so prompts finish in order
         del self.prefill_left[req]
         host = self.host
-        generated = self.generated.get(req, 0)
+        generated = self.generated.pop(req, 0)
         prefilled = host.prompt[req] + generated
         self.kv_prefill -= prefilled
-        generated += 1
-        if generated == 1:
+        if not generated:
             host.first_token(req, now)
+        generated += 1
         left = host.output[req] - generated
         if left <= 0:
             self._release(req, now)
             return
-        self.generated[req] = generated
-        finish_v = self.v + left
-        self.decoding[req] = finish_v
-        self.v_start[req] = self.v
-        # Context of this sequence at virtual time v: prefilled + 1 + (v - v_start).
-        self.ctx_base += prefilled + 1 - self.v
+        v = self.v
+        finish_v = v + left
+        # Context of this sequence at virtual time v': prefilled + 1 + (v' - v).
+        ctx = prefilled + 1 - v
+        self.ctx_base += ctx
+        self.decoding[req] = (finish_v, ctx, v, generated)
         heapq.heappush(self.finish_heap, (finish_v, req))
 
     def _finish_due(self, now: float) -> None:
-        heap = self.finish_heap
+        heap, decoding = self.finish_heap, self.decoding
         while heap and heap[0][0] <= self.v + EPS:
             req = heapq.heappop(heap)[1]
-            self._drop_decoding(req)
+            self.ctx_base -= decoding.pop(req)[1]
             self._release(req, now)
-
-    def _drop_decoding(self, req: int) -> None:
-        del self.decoding[req]
-        v_start = self.v_start.pop(req)
-        prefilled = self.host.prompt[req] + self.generated[req] - 1
-        self.ctx_base -= prefilled + 1 - v_start
 
     def _relieve_kv(self) -> None:
         """No room for every sequence's next token: preempt the most recently admitted one
         (vLLM's default recompute preemption); it goes back to the head of the queue."""
         while self.decoding and self._kv_room() < len(self.decoding) + EPS:
-            req = next(reversed(self.decoding))
+            req, (finish_v, ctx, v_start, generated) = self.decoding.popitem()  # the newest
+            self.ctx_base -= ctx
             # Preemption is rare: taking its entry out of the heap keeps the heap exact, so
             # the hot paths never meet a stale entry.
-            self.finish_heap.remove((self.decoding[req], req))
+            self.finish_heap.remove((finish_v, req))
             heapq.heapify(self.finish_heap)
-            generated = self.generated[req] + int(self.v - self.v_start[req])
-            self._drop_decoding(req)
-            self.generated[req] = generated
+            self.generated[req] = generated + int(self.v - v_start)
             self.waiting.appendleft(req)
 
     def _release(self, req: int, now: float) -> None:
-        self.generated.pop(req, None)
         self.load -= 1
         self.host.finished(req, now, self)
 
