@@ -179,16 +179,20 @@ class Replica:
         if self.prefilling:
             # What is left of the token budget after decode goes to prompts in admission
             # order (chunked prefill); only the total matters until the step ends.
-            prefill = min(self.prefill_total, max(self.budget - batch, 0))
+            # (Comparisons rather than min/max: builtin calls cost on this path.)
+            free = self.budget - batch
+            prefill = self.prefill_total if self.prefill_total <= free else free if free > 0 else 0
             self.step_prefill = prefill
             self.in_step = True
             step = decode_s + self.c_prefill * prefill
             self.schedule(now + step, self.on_step_end, self.version)
         elif batch:
             self.step_s = decode_s
-            room = self.kv_cap - self.kv_prefill - context
-            v_full = self.v + max(room - batch, 0.0) / batch
-            v_next = min(self.finish_heap[0][0], v_full)
+            spare = self.kv_cap - self.kv_prefill - context - batch  # KV tokens to spare
+            v_full = self.v + spare / batch if spare > 0.0 else self.v  # when the cache is full
+            v_next = self.finish_heap[0][0]
+            if v_full < v_next:
+                v_next = v_full
             self.schedule(now + (v_next - self.v) * decode_s, self.on_decode, self.version)
         else:
             self._mark_idle(now)
@@ -231,7 +235,8 @@ class Replica:
         heap = self.finish_heap
         if heap and heap[0][0] <= self.v + EPS:
             self._finish_due(now)
-        if self.decoding and self._kv_room() < len(self.decoding) + EPS:
+        batch = len(self.decoding)  # _kv_room, inlined: this runs after every event
+        if batch and self.kv_cap - self.kv_prefill - (self.ctx_base + batch * self.v) < batch + EPS:
             self._relieve_kv()
         if self.waiting:
             self._admit(now)
