@@ -103,15 +103,15 @@ class Simulation:
         self.policy = policy
         self.progress = progress
         self.rng = np.random.default_rng(config.simulation.seed)
-        # Warm-up: the trace's first minutes are replayed before t=0 so that pools and policy
-        # state (forecasts, stabilisation windows) are in a running state when counting starts.
+        # Warm-up: minutes of traffic replayed before t=0 so that pools and policy state
+        # (forecasts, stabilisation windows) are in a running state when counting starts.
         self.warmup_s = math.ceil(config.simulation.warmup_seconds / config.tick_seconds) * config.tick_seconds
-        head = trace.arrival_s < self.warmup_s
-        self.warmup_requests = int(head.sum()) if self.warmup_s > 0 else 0
-        warm = slice(0, self.warmup_requests)
-        self.arrival: list[float] = (trace.arrival_s[warm] - self.warmup_s).tolist() + trace.arrival_s.tolist()
-        self.prompt: list[int] = trace.prompt_tokens[warm].tolist() + trace.prompt_tokens.tolist()
-        self.output: list[int] = trace.output_tokens[warm].tolist() + trace.output_tokens.tolist()
+        self.lead_in = self._lead_in(trace)
+        self.warmup_requests = len(self.lead_in)
+        lead = self.lead_in
+        self.arrival: list[float] = lead.arrival_s.tolist() + trace.arrival_s.tolist()
+        self.prompt: list[int] = lead.prompt_tokens.tolist() + trace.prompt_tokens.tolist()
+        self.output: list[int] = lead.output_tokens.tolist() + trace.output_tokens.tolist()
         n = len(self.arrival)
         self.first_token_at = [math.nan] * n
         self.finished_at = [math.nan] * n
@@ -184,14 +184,25 @@ class Simulation:
             self.now = when
             callback(when, arg)
 
+    def _lead_in(self, trace: Trace) -> Trace:
+        """The warm-up traffic, at times in [-warmup_s, 0): the end of what came before the
+        trace when it is a slice of a longer one, else a replay of its own first minutes."""
+        w = self.warmup_s
+        if trace.before is not None and len(trace.before):
+            source, shift = trace.before, 0.0
+        else:
+            source, shift = trace, -w
+        times = source.arrival_s + shift
+        keep = (times >= -w) & (times < 0)
+        return Trace(times[keep], source.prompt_tokens[keep], source.output_tokens[keep])
+
     def _warm_start(self, now: float) -> None:
         """Start where a running service would be: the primary pool (Kubernetes if there is
-        one) sized for the first minutes of load."""
-        head = self.trace.arrival_s < self.warmup_s
-        if head.any():
-            first = Trace(self.trace.arrival_s[head], self.trace.prompt_tokens[head],
-                          self.trace.output_tokens[head])
-            replicas = int(replicas_needed(first, self.target, self.profile).max())
+        one) sized for the load of the warm-up minutes."""
+        lead = self.lead_in
+        if len(lead):
+            lead = Trace(lead.arrival_s + self.warmup_s, lead.prompt_tokens, lead.output_tokens)
+            replicas = int(replicas_needed(lead, self.target, self.profile).max())
             (self.k8s or self.modal).warm_start(replicas, now)
 
     def all_done(self) -> bool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import csv
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,9 @@ class Trace:
     output_tokens: np.ndarray  # int64, >= 1
     name: str = "trace"
     skipped_rows: int = 0
+    # For a slice of a longer trace: the requests that came before it (times < 0, from the
+    # slice's start), so that a replay warms up on the traffic that really preceded it.
+    before: Trace | None = None
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -320,8 +323,9 @@ def slice_trace(trace: Trace, start_s: float, end_s: float | None = None) -> Tra
             f"no requests in [{start_s:g}, {'end' if end_s is None else f'{end_s:g}'}) s; "
             f"the trace spans 0..{trace.duration_s:g} s"
         )
-    window = slice(first, last)
-    return _take(trace, window, trace.arrival_s[window] - start_s)
+    window, earlier = slice(first, last), slice(0, first)
+    before = _take(trace, earlier, trace.arrival_s[earlier] - start_s) if first else None
+    return replace(_take(trace, window, trace.arrival_s[window] - start_s), before=before)
 
 
 def scale_time(trace: Trace, factor: float) -> Trace:
