@@ -1,7 +1,7 @@
 """Measure a live vLLM replica and fit its `ReplicaProfile` (`vllm-autoscaler profile`).
 
-The sweep: a prefill stage (one request at a time, prompts spread over the lengths to
-profile, 1 output token),
+The sweep: a prefill stage (one request at a time, each to an idle server, prompts spread
+over the lengths to profile, 1 output token),
 then closed-loop load at each concurrency in turn (that many users, each sending its next
 streamed completion when the last ends), with prompt and output lengths drawn from a trace
 or fixed. The client knows when each request was sent, streamed its first token and ended;
@@ -52,12 +52,16 @@ from .traces import Trace
 COEFFICIENTS = ("decode_base_s", "decode_per_seq_s", "decode_per_context_token_s", "prefill_per_token_s")
 OVERHEAD = "request_overhead_s"  # per request, outside the engine (latency, no engine time)
 PREFILL_STAGE_OUTPUT_TOKENS = 1  # the prefill stage's requests: a prompt and its first token
+# Between two requests of the prefill stage: sent back to back, a request found the server
+# still closing the last one (its TTFT 25 ms over the engine's step, against 10-15 ms when
+# it arrived to an idle server, as in a replay).
+PREFILL_STAGE_PAUSE_S = 0.05
 VLLM_DEFAULT_MAX_NUM_SEQS = 256
 WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initialisation)
 MAX_FAILED_SHARE = 0.05
 ROBUST_SCALE = 0.1
 TTFT_QUANTILE = 0.25  # of idle TTFT given the prompt: see `fit`
-WATCH_EVERY_S = 0.1
+WATCH_EVERY_S = 0.25
 
 
 class ProfilingError(ValueError):
@@ -358,7 +362,7 @@ async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[str], N
         try:
             if on_stage:
                 on_stage("prefill stage")
-            stages.append((1, await load.closed_loop(1, options.duration_s, prefill_draw)))
+            stages.append((1, await load.closed_loop(1, options.duration_s, prefill_draw, PREFILL_STAGE_PAUSE_S)))
             for concurrency in options.concurrency:
                 if on_stage:
                     on_stage(f"concurrency {concurrency}")

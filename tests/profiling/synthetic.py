@@ -5,6 +5,7 @@ server that behaves exactly like the profile's model would measure, in the stage
 from __future__ import annotations
 
 import heapq
+import itertools
 
 import numpy as np
 
@@ -19,7 +20,6 @@ class ClosedLoopStage:
 
     def __init__(self, profile: ReplicaProfile, concurrency: int, duration_s: float,
                  lengths: list[tuple[int, int]], rng: np.random.Generator, overhead_s: float = 0.0):
-        self.engine = Replica(self, profile)
         self.overhead_s = overhead_s
         self.duration_s, self.lengths, self.rng = duration_s, lengths, rng
         self.concurrency = concurrency
@@ -28,12 +28,12 @@ class ClosedLoopStage:
         self.sent: list[float] = []
         self.first: list[float] = []
         self.end: list[float] = []
-        self.events: list = []
-        self.seq = 0
+        self.events: list = []  # (time, tie-breaker, callback, arg): the engine pushes to it
+        self.seq = itertools.count()
+        self.engine = Replica(self, profile)
 
     def schedule(self, time: float, callback, arg) -> None:
-        self.seq += 1
-        heapq.heappush(self.events, (time, self.seq, callback, arg))
+        heapq.heappush(self.events, (time, next(self.seq), callback, arg))
 
     def send(self, now: float) -> None:
         prompt, output = self.lengths[self.rng.integers(len(self.lengths))]

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from synthetic import sweep
+from synthetic import ClosedLoopStage, sweep
 
-from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile
+from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile, shipped_profiles
 from vllm_autoscaler.simulations.fidelity import Burst, Run, compare
 from vllm_autoscaler.simulations.loadgen import (
     Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_tokens,
@@ -80,6 +80,20 @@ def test_outliers_do_not_drag_the_fit():
     assert fitted["decode_base_s"] == pytest.approx(2e-3, rel=0.05)
 
 
+def test_delays_of_a_busy_machine_do_not_tilt_the_prefill_cost():
+    # Most idle requests delayed (60%), the longer ones the more (a shared machine stretches
+    # what takes longer): the median line would tilt; the lower quartile stays on the truth.
+    m = sweep(known(), overhead_s=0.01)
+    rng = np.random.default_rng(1)
+    idle = alone(m)
+    delay = np.where(idle & (rng.random(len(m.sent)) < 0.6), rng.exponential(0.5, len(m.sent)), 0.0)
+    stretched = delay * (m.first - m.sent)
+    fitted = fit(Measurements(m.sent, m.first + stretched, m.end + stretched, m.prompt, m.output,
+                              m.concurrency), 8)  # fmt: skip
+    assert fitted.coefficients["prefill_per_token_s"] == pytest.approx(1.1e-4, rel=0.05)
+    assert fitted.request_overhead_s == pytest.approx(0.01, rel=0.15)
+
+
 def test_streams_held_back_by_the_front_end_do_not_drag_the_fit():
     m = sweep(known())
     held = (np.arange(len(m.sent)) % 8 == 0) & (m.output > 1)  # every token at once, at the end
@@ -98,6 +112,23 @@ def test_ttft_of_a_first_token_held_back_to_the_end_is_not_a_step():
     fitted = fit(measured, 8)
     assert fitted.coefficients["prefill_per_token_s"] == pytest.approx(1.1e-4, rel=0.03)
     assert fitted.rows.is_ttft.sum() == (alone(m) & ~held).sum()
+
+
+def test_the_engine_adds_the_overhead_to_latency_not_to_engine_time():
+    def lone_request(**coefficients):
+        stage = ClosedLoopStage(known(**coefficients), 1, 0.0, [(256, 16)], np.random.default_rng(0))
+        ((sent, first, end, *_),) = stage.run(0.0)
+        return first - sent, end - sent, stage.engine.busy_seconds(end)
+
+    ttft, e2e, busy = lone_request()
+    ttft_o, e2e_o, busy_o = lone_request(request_overhead_s=0.02)
+    assert (ttft_o - ttft, e2e_o - e2e) == pytest.approx((0.02, 0.02))
+    assert busy_o == pytest.approx(busy)
+
+
+def test_shipped_profiles_load_without_an_overhead():
+    for name in shipped_profiles():
+        assert load_profile(name).request_overhead_s == 0.0
 
 
 def test_life_state_integrates_batch_and_context_exactly():
