@@ -174,6 +174,9 @@ def tune(
         Optional[list[str]],
         typer.Option(help="Also choose the GPU: PROFILE:K8S_PRICE_PER_GPU_HOUR:MODAL_PRICE_PER_GPU_SECOND (repeatable)"),
     ] = None,
+    min_gain: Annotated[
+        float, typer.Option(help="Keep the starting config unless a trial is this much cheaper on the tuning part")
+    ] = 0.05,
     start: StartOpt = None,
     end: EndOpt = None,
     rate_scale: RateOpt = 1.0,
@@ -189,15 +192,16 @@ def tune(
     requests = _trace(trace, start, end, rate_scale, time_scale, skip_bad_rows, cfg.simulation.seed)
     try:
         choices = tuple(GpuChoice.parse(c) for c in gpu_choice or [])
-        options = TuneOptions(trials, split, storage, study_name, workers, target, choices)
+        options = TuneOptions(trials, split, storage, study_name, workers, target, choices, min_gain)
         with _progress() as bar:
             task = bar.add_task("trials", total=trials)
             report = run_tune(requests, cfg, out, options, lambda done: bar.update(task, completed=done))
     except (ConfigError, ProfileError, ValueError) as exc:
         fail(str(exc))
     best = report["best_trial"]
+    kept = " (the starting config: no trial was enough cheaper)" if report["kept_starting_config"] else ""
     console.print(
-        f"best of {report['study']['trials']} trials: trial {best['number']}, ${best['cost']:.2f} at "
+        f"chosen of {report['study']['trials']} trials: trial {best['number']}{kept}, ${best['cost']:.2f} at "
         f"{best['slo_attainment']:.2%} on the tuning part; held out:"
     )
     for name, s in report["held_out"].items():

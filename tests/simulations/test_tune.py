@@ -81,7 +81,7 @@ def test_tuned_yaml_loads_and_reproduces_the_held_out_result(tmp_path):
 def test_a_cheaper_trial_that_misses_the_slo_is_not_chosen(tmp_path):
     study = open_study(str(tmp_path / "study.journal"), "vllm-autoscaler")
     study.enqueue_trial(AGGRESSIVE)
-    report = run(tmp_path, trials=2, trace=STEEP, overrides=K8S_ONLY)  # AGGRESSIVE, then the config's own
+    report = run(tmp_path, trials=2, trace=STEEP, overrides=K8S_ONLY, min_gain=0.0)  # AGGRESSIVE, then the config's own
     trials = {t.number: t for t in study.get_trials()}
     aggressive, best = trials[0], trials[report["best_trial"]["number"]]
     # The setup this test relies on: the aggressive trial is cheaper but misses the SLO.
@@ -95,6 +95,16 @@ def test_a_cheaper_trial_that_misses_the_slo_is_not_chosen(tmp_path):
     assert replay["slo_attainment"] >= 0.99
     assert [p["number"] for p in report["pareto_front"]] == [0, best.number]
     assert "modal-only" not in report["held_out"]  # no Modal pool: that baseline does not apply
+
+
+def test_the_starting_config_stays_unless_a_trial_is_enough_cheaper(tmp_path):
+    slo = ["targets.0.slo.attainment=0.98"]  # the setup: the starting config meets it
+    report = run(tmp_path, trials=4, workers=1, overrides=slo, min_gain=0.99)
+    assert report["kept_starting_config"] and report["best_trial"]["number"] == 0
+    own = load_config(overrides=slo).targets[0].policy.controller
+    assert load_config(tmp_path / "tuned.yaml").targets[0].policy.controller == own
+    cheapest = min(t.value for t in open_study(str(tmp_path / "study.journal"), "vllm-autoscaler").get_trials())
+    assert cheapest <= report["best_trial"]["cost"]
 
 
 @pytest.mark.parametrize("kind", ["journal file", "database URL"])
