@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from ..controller.profile import ReplicaProfile
 
@@ -32,8 +33,11 @@ class EngineHost(Protocol):
 
     prompt: list[int]
     output: list[int]
+    # The event heap: entries (time, tie-breaker from `seq`, callback, arg); callback(time, arg)
+    # runs at that time. Replicas push to it directly.
+    events: list[tuple[float, int, Callable[[float, Any], None], Any]]
+    seq: Iterator[int]
 
-    def schedule(self, time: float, callback, arg) -> None: ...
     def first_token(self, req: int, time: float) -> None: ...
     def finished(self, req: int, time: float, replica: Replica) -> None: ...
     def rejected(self, req: int, time: float, replica: Replica) -> None: ...
@@ -47,7 +51,7 @@ class Replica:
         "step_prefill", "decoding", "finish_heap", "generated", "v", "v_time",
         "step_s", "in_step", "kv_prefill", "ctx_base", "version", "load", "busy_since", "busy_s",
         "kv_cap", "kv_admit_cap", "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx",
-        "c_prefill", "schedule", "on_step_end", "on_decode", "overhead", "front_end", "on_front_end",
+        "c_prefill", "events", "seq", "on_step_end", "on_decode", "overhead", "front_end", "on_front_end",
     )  # fmt: skip
 
     def __init__(self, host: EngineHost, profile: ReplicaProfile, owner: object = None):
@@ -65,8 +69,9 @@ class Replica:
         # request reaches the engine this long after it arrived.
         self.overhead = profile.request_overhead_s
         self.front_end: set[int] = set()  # requests in it
-        # Bound once: a fresh bound method for every scheduled event is an allocation each.
-        self.schedule = host.schedule
+        # Events go straight onto the host's heap: up to three per request, where a call to a
+        # host method per event costs. Callbacks are bound once, not an allocation per event.
+        self.events, self.seq = host.events, host.seq
         self.on_step_end = self._on_step_end
         self.on_decode = self._on_decode
         self.on_front_end = self._on_front_end
@@ -108,7 +113,7 @@ class Replica:
         self.load += 1
         if self.overhead > 0:
             self.front_end.add(req)
-            self.schedule(now + self.overhead, self.on_front_end, req)
+            heapq.heappush(self.events, (now + self.overhead, next(self.seq), self.on_front_end, req))
             return
         self._to_engine(req, now)
 
@@ -185,7 +190,7 @@ class Replica:
             self.step_prefill = prefill
             self.in_step = True
             step = decode_s + self.c_prefill * prefill
-            self.schedule(now + step, self.on_step_end, self.version)
+            heapq.heappush(self.events, (now + step, next(self.seq), self.on_step_end, self.version))
         elif batch:
             self.step_s = decode_s
             spare = self.kv_cap - self.kv_prefill - context - batch  # KV tokens to spare
@@ -193,7 +198,8 @@ class Replica:
             v_next = self.finish_heap[0][0]
             if v_full < v_next:
                 v_next = v_full
-            self.schedule(now + (v_next - self.v) * decode_s, self.on_decode, self.version)
+            when = now + (v_next - self.v) * decode_s
+            heapq.heappush(self.events, (when, next(self.seq), self.on_decode, self.version))
         else:
             self._mark_idle(now)
 

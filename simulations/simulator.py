@@ -63,12 +63,11 @@ class WindowedHistogram:
 
     def __init__(self, bounds: tuple[float, ...]):
         self.bounds = bounds
+        # Counts per bucket (the last one +Inf). The host adds to them directly, at
+        # bisect_left(bounds, value) (= bucket_index): a method call per observation costs.
         self.counts = [0.0] * (len(bounds) + 1)
         self.snapshots: deque[tuple[float, list[float]]] = deque()
         self.window_buckets: dict[float, float] = {}  # {upper bound: cumulative count}
-
-    def observe(self, value: float, weight: float = 1.0) -> None:
-        self.counts[bisect_left(self.bounds, value)] += weight  # bucket_index, inlined (hot)
 
     def snapshot(self, now: float, window: float) -> None:
         """Take a tick's snapshot; quantiles until the next one are over the window ending now."""
@@ -211,14 +210,15 @@ class Simulation:
     # ---- what engines and pools report ---------------------------------------------------
     def first_token(self, req: int, now: float) -> None:
         self.first_token_at[req] = now
-        self.ttft_hist.observe(now - self.arrival[req])
+        self.ttft_hist.counts[bisect_left(TTFT_BUCKETS, now - self.arrival[req])] += 1.0
 
     def finished(self, req: int, now: float, replica: Replica) -> None:
         self.finished_at[req] = now
         out = self.output[req]
         self.tokens_done += out
         if out > 1:
-            self.itl_hist.observe((now - self.first_token_at[req]) / (out - 1), out - 1)
+            itl = (now - self.first_token_at[req]) / (out - 1)
+            self.itl_hist.counts[bisect_left(ITL_BUCKETS, itl)] += out - 1
         if now - self.arrival[req] > self.timeout:
             self.fail(req, now, "client timeout")
         server: Server = replica.owner
