@@ -82,8 +82,14 @@ class Pool:
     def _on_ready(self, now: float, server: Server) -> None:
         if server.ended_at is None and not server.draining:
             server.ready = True
-            self.serving.append(server)
+            self._start_serving(server)
             self.server_ready(server, now)
+
+    def _start_serving(self, server: Server) -> None:
+        self.serving.append(server)
+
+    def _stop_serving(self, server: Server) -> None:
+        self.serving.remove(server)
 
     def server_ready(self, server: Server, now: float) -> None:
         raise NotImplementedError
@@ -98,7 +104,7 @@ class Pool:
         self.ended_busy += server.engine.busy_seconds(now)
         self.servers.remove(server)
         if server in self.serving:
-            self.serving.remove(server)
+            self._stop_serving(server)
 
     def billed_seconds(self, now: float) -> float:
         return self.ended_seconds + sum(s.billed_seconds(now) for s in self.servers)
@@ -138,6 +144,10 @@ class SimKubernetesPool(Pool):
                          config.gpus_per_replica)
         self.config = config
         self.desired = 0
+        # Requests held by each serving pod, in `serving` order: a least-connections
+        # balancer's own count (each equals the pod's engine.load), kept so that the router's
+        # pick, made for every request, is a scan of plain ints.
+        self.in_flight: list[int] = []
 
     def scale(self, replicas: int, now: float) -> None:
         replicas = min(max(replicas, self.config.min_replicas), self.config.max_replicas)
@@ -156,7 +166,7 @@ class SimKubernetesPool(Pool):
                 self._end(server, now)
             else:
                 server.draining = True
-                self.serving.remove(server)
+                self._stop_serving(server)
                 self.sim.schedule(now + self.config.drain_seconds, self._drain_deadline, server)
 
     def warm_start(self, count: int, now: float) -> None:
@@ -170,8 +180,23 @@ class SimKubernetesPool(Pool):
     def server_ready(self, server: Server, now: float) -> None:
         self.sim.router.capacity_added(now)
 
+    def _start_serving(self, server: Server) -> None:
+        super()._start_serving(server)
+        self.in_flight.append(server.engine.load)
+
+    def _stop_serving(self, server: Server) -> None:
+        i = self.serving.index(server)
+        del self.serving[i], self.in_flight[i]
+
+    def send(self, i: int, req: int, now: float) -> None:
+        """Hand a request to the i-th serving pod."""
+        self.in_flight[i] += 1
+        self.serving[i].engine.enqueue(req, now)
+
     def request_done(self, server: Server, now: float) -> None:
-        if server.draining and server.engine.load == 0:
+        if not server.draining:
+            self.in_flight[self.serving.index(server)] -= 1
+        elif server.engine.load == 0:
             self._end(server, now)
 
     def state(self, now: float) -> PoolState:

@@ -16,7 +16,6 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate, count
-from operator import attrgetter
 
 import numpy as np
 
@@ -330,16 +329,6 @@ class Simulation:
         return summarise(self, wall_s)
 
 
-def admits_soonest(replica) -> tuple[int, int]:
-    """Routing key: a replica with nothing waiting admits at its next step, whatever it runs;
-    among those, the one holding the fewest requests."""
-    engine = replica.engine
-    return engine.num_waiting, engine.load
-
-
-engine_load = attrgetter("engine.load")
-
-
 class Router:
     """The ready Kubernetes replica that admits soonest first; spill to Modal when Kubernetes
     is full, i.e. when every replica already has requests it has not admitted (waiting).
@@ -357,23 +346,29 @@ class Router:
         return not self.pending and not (self.sim.modal and self.sim.modal.backlog)
 
     def route(self, req: int, now: float) -> None:
-        sim = self.sim
-        best = None
-        if sim.k8s is not None and sim.k8s.serving:
-            best = self._admits_soonest(sim.k8s.serving)
-        if best is not None and (best.engine.num_waiting < self.spill_threshold or sim.modal is None):
-            best.engine.enqueue(req, now)
+        sim, k8s = self.sim, self.sim.k8s
+        best = self._admits_soonest(k8s) if k8s is not None and k8s.serving else None
+        if best is not None and (
+            k8s.serving[best].engine.num_waiting < self.spill_threshold or sim.modal is None
+        ):
+            k8s.send(best, req, now)
         elif sim.modal is not None:
             sim.modal.submit(req, now)
         else:
             self.pending.append(req)
 
     @staticmethod
-    def _admits_soonest(serving: list[Server]) -> Server:
-        # The least-loaded replica (first of equals) usually has nothing waiting, and then it
-        # is the answer too; the full key, with a Python call per replica, is the slow path.
-        best = min(serving, key=engine_load)
-        return best if best.engine.num_waiting == 0 else min(serving, key=admits_soonest)
+    def _admits_soonest(k8s: SimKubernetesPool) -> int:
+        """The serving pod (its index) that admits soonest: one with nothing waiting admits at
+        its next step, whatever it runs; among those, the one holding the fewest requests;
+        first of equals."""
+        loads = k8s.in_flight
+        best = loads.index(min(loads))
+        # The least-loaded pod usually has nothing waiting, and then it is the answer.
+        if k8s.serving[best].engine.num_waiting == 0:
+            return best
+        keys = [(s.engine.num_waiting, load) for s, load in zip(k8s.serving, loads)]
+        return keys.index(min(keys))
 
     def capacity_added(self, now: float) -> None:
         pending, self.pending = self.pending, deque()

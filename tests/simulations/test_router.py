@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
-from vllm_autoscaler.simulations.simulator import Router
+from helpers import PROFILE, config, trace
+
+from vllm_autoscaler.controller.types import Decision, Reason
+from vllm_autoscaler.simulations.simulator import Router, Simulation
 
 
 class Engine:
@@ -23,7 +27,9 @@ def world(*engines: Engine):
     spilled: list[int] = []
     modal = SimpleNamespace(submit=lambda req, now: spilled.append(req), backlog=())
     pods = [SimpleNamespace(engine=e) for e in engines]
-    sim = SimpleNamespace(k8s=SimpleNamespace(serving=pods), modal=modal)
+    k8s = SimpleNamespace(serving=pods, in_flight=[e.load for e in engines],
+                          send=lambda i, req, now: pods[i].engine.enqueue(req, now))
+    sim = SimpleNamespace(k8s=k8s, modal=modal)
     return Router(sim, spill_threshold=1), spilled
 
 
@@ -47,3 +53,34 @@ def test_spills_to_modal_only_when_every_replica_queues(waiting):
     router, spilled = world(*engines)
     router.route(3, 0.0)
     assert spilled == [3] and not any(e.taken for e in engines)
+
+
+class Checking:
+    """Scales among 1-4 pods (drains included) and checks the router's counts at each tick."""
+
+    name = "checking"
+
+    def __init__(self):
+        self.sim: Simulation | None = None
+        self.ticks = 0
+
+    def decide(self, observation, now) -> Decision:
+        k8s = self.sim.k8s
+        assert k8s.in_flight == [s.engine.load for s in k8s.serving]
+        self.ticks += 1
+        return Decision((1, 4, 2, 3)[self.ticks % 4], None, 0, Reason("test", "test"))
+
+
+def test_the_router_counts_of_requests_in_flight_match_the_engines_throughout_a_run():
+    rng = np.random.default_rng(0)
+    n = 3000
+    prompts = rng.integers(50, 400, n)
+    prompts[::97] = 200_000  # larger than the KV cache: rejected
+    tr = trace(np.sort(rng.uniform(0, 120, n)), prompts, rng.integers(5, 80, n))
+    policy = Checking()
+    cfg = config("tick_seconds=1", "targets.0.kubernetes.drain_seconds=3")
+    sim = Simulation(tr, cfg, cfg.targets[0], PROFILE, policy)
+    policy.sim = sim
+    result = sim.run()
+    assert policy.ticks > 100
+    assert result.summary["failures_by_reason"]["prompt larger than the KV cache"] > 0
