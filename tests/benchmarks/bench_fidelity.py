@@ -6,7 +6,7 @@ then `vllm-autoscaler fidelity` replays another part of that trace in real time 
 rate-scaled to what the server takes, with a burst that overloads it, and through the
 simulator with the fitted profile. Prints TTFT p50/p95, E2E p50/p95 and throughput errors of
 the normal and the overloaded stretch, and the machine's load average (the machine is shared:
-the figures are noisy). Takes about 5 minutes.
+the figures are noisy). Takes about 7 minutes.
 Run: `.venv/bin/python tests/benchmarks/bench_fidelity.py [--endpoint URL] [--out DIR]`.
 """
 
