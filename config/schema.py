@@ -272,6 +272,10 @@ class Simulation(Section):
     spill_waiting: Annotated[int, Field(ge=1)] = 1
     # Histogram quantiles are computed over this window, as PromQL's rate(...[window]).
     metrics_window_seconds: PositiveFloat = 60
+    # Prometheus scrapes the replicas this often; policies see vLLM's metrics as of the last
+    # scrape, as a live controller querying Prometheus does. Scrapes fall half an interval off
+    # the ticks (the mean age of a scrape not synchronised with them). 0: read at the tick.
+    scrape_interval_seconds: NonNegFloat = 15
 
 
 class Config(Section):

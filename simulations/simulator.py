@@ -57,31 +57,31 @@ class SimResult:
     e2e: np.ndarray
 
 
-class WindowedHistogram:
-    """A Prometheus histogram plus snapshots at ticks, to answer quantiles over a window."""
+@dataclass
+class Scrape:
+    """What Prometheus stores from one scrape of every replica: gauges and counters."""
 
-    def __init__(self, bounds: tuple[float, ...]):
-        self.bounds = bounds
-        # Counts per bucket (the last one +Inf). The host adds to them directly, at
-        # bisect_left(bounds, value) (= bucket_index): a method call per observation costs.
-        self.counts = [0.0] * (len(bounds) + 1)
-        self.snapshots: deque[tuple[float, list[float]]] = deque()
-        self.window_buckets: dict[float, float] = {}  # {upper bound: cumulative count}
+    time: float
+    running: float
+    waiting: float
+    kv_usage: list[float]  # per replica
+    arrived: int
+    prompt_arrived: int
+    tokens_done: int
+    ttft_counts: list[float]  # histogram buckets, the last one +Inf
+    itl_counts: list[float]
 
-    def snapshot(self, now: float, window: float) -> None:
-        """Take a tick's snapshot; quantiles until the next one are over the window ending now."""
-        self.snapshots.append((now, list(self.counts)))
-        while len(self.snapshots) > 1 and self.snapshots[1][0] <= now - window:
-            self.snapshots.popleft()
-        # A tick asks for several quantiles of the same window: its buckets are built once.
-        base = self.snapshots[0][1]
-        cumulative = accumulate(c - b for c, b in zip(self.counts, base))
-        self.window_buckets = dict(zip((*self.bounds, math.inf), cumulative))
 
-    def quantile(self, q: float) -> float | None:
-        """As PromQL over the window: cumulative counts by upper bound; None if empty."""
-        value = histogram_quantile(q, self.window_buckets)
-        return None if math.isnan(value) else value
+def window_buckets(bounds: tuple[float, ...], latest: list[float], base: list[float]) -> dict:
+    """{upper bound: cumulative count} of what a histogram observed between two scrapes."""
+    cumulative = accumulate(c - b for c, b in zip(latest, base))
+    return dict(zip((*bounds, math.inf), cumulative))
+
+
+def quantile(q: float, buckets: dict[float, float]) -> float | None:
+    """As PromQL's histogram_quantile; None when the window observed nothing."""
+    value = histogram_quantile(q, buckets)
+    return None if math.isnan(value) else value
 
 
 class Simulation:
@@ -119,11 +119,15 @@ class Simulation:
         self.seq = count()  # ties in time run in scheduling order
         self.now = 0.0
         self.timeout = config.simulation.request_timeout_seconds
-        self.ttft_hist = WindowedHistogram(TTFT_BUCKETS)
-        self.itl_hist = WindowedHistogram(ITL_BUCKETS)
+        # Latency histograms as vLLM exports them: counts per bucket (the last one +Inf),
+        # added to at bisect_left(bounds, value) (= bucket_index), in place: this is hot.
+        self.ttft_counts = [0.0] * (len(TTFT_BUCKETS) + 1)
+        self.itl_counts = [0.0] * (len(ITL_BUCKETS) + 1)
         self.window = config.simulation.metrics_window_seconds
-        self.rate_marks: deque[tuple[float, int, int, int]] = deque()
-        self.arrived = 0  # requests routed so far, brought up to date at each tick
+        self.scrape_interval = config.simulation.scrape_interval_seconds
+        self.scrapes: deque[Scrape] = deque()  # those a query over the window still needs
+        self.ttft_window: dict[float, float] = {}  # the latest tick's TTFT window buckets
+        self.arrived = 0  # requests routed so far
         # Prompt tokens of the first i requests, for the prompt-token rate.
         self.prompt_cumsum = np.concatenate(([0], np.cumsum(self.prompt, dtype=np.int64)))
         self.tokens_done = 0
@@ -142,6 +146,8 @@ class Simulation:
         started = time.perf_counter()
         if self.warmup_s > 0:
             self._warm_start(-self.warmup_s)
+        if self.scrape_interval > 0:
+            self._scrape(-self.warmup_s)  # Prometheus was scraping the service before the start
         self._replay()
         # Every policy is billed over the same span: at least the whole trace.
         self.now = max(self.now, self.arrival[-1] if self.arrival else 0.0)
@@ -149,34 +155,42 @@ class Simulation:
         return self._result(time.perf_counter() - started)
 
     def _replay(self) -> None:
-        """The event loop. At equal times the tick goes first, then events, then the arrival."""
-        arrival, tick = self.arrival, self.config.tick_seconds
+        """The event loop. At equal times a scrape goes first, then the tick, then events, then
+        the arrival."""
+        arrival, tick, interval = self.arrival, self.config.tick_seconds, self.scrape_interval
         n = len(arrival)
         next_tick = -self.warmup_s
+        # Scrapes fall half an interval off the ticks: the mean age of a scrape that is not
+        # synchronised with them.
+        next_scrape = next_tick + interval / 2 if interval > 0 else math.inf
         end = (arrival[-1] if n else 0.0) + DRAIN_HORIZON_S
         route, run_events = self.router.route, self._run_events
         i = 0
         while True:
             t_arrival = arrival[i] if i < n else math.inf
-            run_events(t_arrival, next_tick)
-            if next_tick <= t_arrival:  # no event is left before the tick either
-                if (i >= n and self.all_done()) or next_tick > end:
-                    return
-                self.now = next_tick
-                self.arrived = i
-                self._tick(next_tick)
-                next_tick += tick
-            else:
+            clock = next_scrape if next_scrape <= next_tick else next_tick
+            run_events(t_arrival, clock)
+            if clock > t_arrival:
                 self.now = t_arrival
                 route(i, t_arrival)
                 i += 1
+                self.arrived = i
+            elif next_scrape <= next_tick:
+                self._scrape(next_scrape)
+                next_scrape += interval
+            else:  # no event is left before the tick either
+                if (i >= n and self.all_done()) or next_tick > end:
+                    return
+                self.now = next_tick
+                self._tick(next_tick)
+                next_tick += tick
 
-    def _run_events(self, t_arrival: float, next_tick: float) -> None:
-        """Every event due before the next tick and no later than the next arrival."""
+    def _run_events(self, t_arrival: float, clock: float) -> None:
+        """Every event due before the next tick or scrape and no later than the next arrival."""
         events = self.events
         while events:
             when = events[0][0]
-            if when >= next_tick or when > t_arrival:
+            if when >= clock or when > t_arrival:
                 return
             _, _, callback, arg = heapq.heappop(events)
             self.now = when
@@ -209,7 +223,7 @@ class Simulation:
     # ---- what engines and pools report ---------------------------------------------------
     def first_token(self, req: int, now: float) -> None:
         self.first_token_at[req] = now
-        self.ttft_hist.counts[bisect_left(TTFT_BUCKETS, now - self.arrival[req])] += 1.0
+        self.ttft_counts[bisect_left(TTFT_BUCKETS, now - self.arrival[req])] += 1.0
 
     def finished(self, req: int, now: float, replica: Replica) -> None:
         self.finished_at[req] = now
@@ -217,7 +231,7 @@ class Simulation:
         self.tokens_done += out
         if out > 1:
             itl = (now - self.first_token_at[req]) / (out - 1)
-            self.itl_hist.counts[bisect_left(ITL_BUCKETS, itl)] += out - 1
+            self.itl_counts[bisect_left(ITL_BUCKETS, itl)] += out - 1
         if now - self.arrival[req] > self.timeout:
             self.fail(req, now, "client timeout")
         server: Server = replica.owner
@@ -256,20 +270,33 @@ class Simulation:
         if self.progress:
             self.progress(now)
 
-    def observe(self, now: float) -> Observation:
-        self.ttft_hist.snapshot(now, self.window)
-        self.itl_hist.snapshot(now, self.window)
-        prompt_arrived = int(self.prompt_cumsum[self.arrived])
-        self.rate_marks.append((now, self.arrived, prompt_arrived, self.tokens_done))
-        while len(self.rate_marks) > 1 and self.rate_marks[1][0] <= now - self.window:
-            self.rate_marks.popleft()
+    # ---- metrics: scrapes, and queries over them ------------------------------------------
+    def _scrape(self, now: float) -> None:
         engines = [s.engine for p in self.pools for s in p.servers if s.ready]  # draining too
-        kv = [e.kv_used(now) / e.kv_cap for e in engines]
-        t0, arrived0, prompt0, tokens0 = self.rate_marks[0]
-        span = now - t0
+        self.scrapes.append(Scrape(
+            now, float(sum(e.running for e in engines)), float(sum(e.num_waiting for e in engines)),
+            [e.kv_used(now) / e.kv_cap for e in engines], self.arrived,
+            int(self.prompt_cumsum[self.arrived]), self.tokens_done, list(self.ttft_counts),
+            list(self.itl_counts),
+        ))  # fmt: skip
+
+    def observe(self, now: float) -> Observation:
+        """What a PromQL query at `now` returns: gauges of the latest scrape, and histogram
+        quantiles and rates between it and the last scrape at or before the window's start.
+        Pool states come from the platforms' APIs, current."""
+        if not self.scrape_interval:
+            self._scrape(now)
+        scrapes = self.scrapes
+        while len(scrapes) > 1 and scrapes[1].time <= now - self.window:
+            scrapes.popleft()
+        base, latest = scrapes[0], scrapes[-1]
+        span = latest.time - base.time
+        self.ttft_window = window_buckets(TTFT_BUCKETS, latest.ttft_counts, base.ttft_counts)
+        itl = window_buckets(ITL_BUCKETS, latest.itl_counts, base.itl_counts)
+        kv = latest.kv_usage
 
         def sample(value: float | None) -> Sample:
-            return Sample(value, now)
+            return Sample(value, latest.time)
 
         def rate(delta: float) -> Sample:
             return sample(delta / span if span > 0 else None)
@@ -278,20 +305,20 @@ class Simulation:
             time=now,
             kubernetes=self.k8s.state(now) if self.k8s else None,
             modal=self.modal.state(now) if self.modal else None,
-            running=sample(float(sum(e.running for e in engines))),
-            waiting=sample(float(sum(e.num_waiting for e in engines))),
+            running=sample(latest.running),
+            waiting=sample(latest.waiting),
             kv_usage_mean=sample(sum(kv) / len(kv) if kv else None),
             kv_usage_max=sample(max(kv) if kv else None),
-            ttft_p50=sample(self.ttft_hist.quantile(0.5)),
-            ttft_p95=sample(self.ttft_hist.quantile(0.95)),
-            ttft_p99=sample(self.ttft_hist.quantile(0.99)),
-            itl_p50=sample(self.itl_hist.quantile(0.5)),
-            itl_p95=sample(self.itl_hist.quantile(0.95)),
-            itl_p99=sample(self.itl_hist.quantile(0.99)),
-            arrival_rate=rate(self.arrived - arrived0),
-            prompt_tokens_rate=rate(prompt_arrived - prompt0),
-            output_tokens_rate=rate(self.tokens_done - tokens0),
-            replicas_reporting=sample(float(len(engines))),
+            ttft_p50=sample(quantile(0.5, self.ttft_window)),
+            ttft_p95=sample(quantile(0.95, self.ttft_window)),
+            ttft_p99=sample(quantile(0.99, self.ttft_window)),
+            itl_p50=sample(quantile(0.5, itl)),
+            itl_p95=sample(quantile(0.95, itl)),
+            itl_p99=sample(quantile(0.99, itl)),
+            arrival_rate=rate(latest.arrived - base.arrived),
+            prompt_tokens_rate=rate(latest.prompt_arrived - base.prompt_arrived),
+            output_tokens_rate=rate(latest.tokens_done - base.tokens_done),
+            replicas_reporting=sample(float(len(kv))),
         )
 
     def apply(self, decision: Decision, now: float) -> None:
@@ -312,7 +339,7 @@ class Simulation:
         tl.k8s_desired.append(k8s.desired if k8s else 0)
         tl.modal_ready.append(modal.ready if modal else 0)
         tl.modal_desired.append(modal.desired if modal else 0)
-        p99 = self.ttft_hist.quantile(0.99)
+        p99 = quantile(0.99, self.ttft_window)
         tl.ttft_p99.append(math.nan if p99 is None else p99)
         tl.cost_k8s.append(self.k8s.cost(now) if self.k8s else 0.0)
         tl.cost_modal.append(self.modal.cost(now) if self.modal else 0.0)

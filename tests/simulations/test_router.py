@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from helpers import PROFILE, config, trace
 
 from vllm_autoscaler.controller.types import Decision, Reason
