@@ -39,8 +39,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except Exception as exc:  # PyYAML's constructors raise more than YAMLError (bad dates,
+        # `!!float x`, an empty `!!float`): any failure to parse is a file that is not YAML
+        raise ConfigError(f"{path}: not valid YAML: {exc!s} ({type(exc).__name__})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -53,7 +54,11 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except Exception as exc:  # as in read_yaml_mapping
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc!s} "
+                          f"({type(exc).__name__})") from None
     parts = key.split(".")
     node: Any = data
     for depth, part in enumerate(parts):

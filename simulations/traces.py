@@ -18,6 +18,7 @@ by at most `TIME_TOLERANCE_S` are sorted; further back is a bad row.
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -52,6 +53,7 @@ class TraceError(ValueError):
 
 
 TIME_TOLERANCE_S = 1e-3
+MAX_REQUESTS = 10**9  # a trace of more (8 bytes a field, 3 fields) cannot be held in memory
 CHUNK_ROWS = 1 << 18  # rows parsed at once: bounds the memory of the field table
 
 # arrival seconds, prompt tokens, output tokens, and which rows are failed requests to leave out
@@ -314,7 +316,7 @@ def _take(trace: Trace, index: np.ndarray | slice, arrival_s: np.ndarray) -> Tra
 
 def slice_trace(trace: Trace, start_s: float, end_s: float | None = None) -> Trace:
     """Requests arriving in [start_s, end_s), with start_s re-based to 0."""
-    if start_s < 0 or (end_s is not None and end_s <= start_s):
+    if not 0 <= start_s < math.inf or (end_s is not None and not end_s > start_s):
         raise ValueError(f"need 0 <= start_s < end_s, got start_s={start_s}, end_s={end_s}")
     first = int(np.searchsorted(trace.arrival_s, start_s, side="left"))
     last = len(trace) if end_s is None else int(np.searchsorted(trace.arrival_s, end_s, side="left"))
@@ -332,7 +334,13 @@ def scale_time(trace: Trace, factor: float) -> Trace:
     """Multiply every inter-arrival time by `factor` (0.5: the same requests twice as fast)."""
     if not factor > 0:
         raise ValueError(f"time_scale must be > 0, got {factor}")
-    return _take(trace, slice(None), trace.arrival_s * factor)
+    if not math.isfinite(factor):
+        raise ValueError(f"time_scale must be finite, got {factor}")
+    with np.errstate(over="ignore"):
+        arrival = trace.arrival_s * factor
+    if not np.isfinite(arrival).all():
+        raise ValueError(f"time_scale {factor} stretches the arrival times past any number")
+    return _take(trace, slice(None), arrival)
 
 
 def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
@@ -342,10 +350,15 @@ def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
     count is `factor`; below 1 this is thinning). The original keeps its time; each extra copy
     arrives uniformly at random before the next original request, so bursts stay bursts.
     """
+    n = len(trace)
     if not factor > 0:
         raise ValueError(f"rate_scale must be > 0, got {factor}")
+    if not math.isfinite(factor):
+        raise ValueError(f"rate_scale must be finite, got {factor}")
+    if n * factor > MAX_REQUESTS:
+        raise ValueError(f"rate_scale {factor} would make ~{n * factor:.3g} requests of {n}; "
+                         f"at most {MAX_REQUESTS:.0e} fit in memory")
     rng = np.random.default_rng(seed)
-    n = len(trace)
     copies = int(factor) + (rng.random(n) < factor - int(factor))
     index = np.repeat(np.arange(n), copies)
     if not len(index):

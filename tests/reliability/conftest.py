@@ -3,13 +3,24 @@ that need one, and the table of results the suite writes to docs/fault-matrix.md
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
 from emulators.vllm_exporter import exporters
-from fault_world import APP, DEPLOYMENT, FUNCTION, FastPrometheus, Load, ThreadedExporter, World
+from fault_world import (
+    APP,
+    DEPLOYMENT,
+    FUNCTION,
+    TICK_S,
+    FastPrometheus,
+    Load,
+    ThreadedExporter,
+    World,
+)
 
 TABLE = Path(__file__).parents[2] / "docs" / "fault-matrix.md"
 
@@ -36,9 +47,9 @@ async def world(request, tmp_path, kube, modal_control_plane) -> AsyncIterator[W
     kube.add_deployment(DEPLOYMENT, replicas=1)
     plane = modal_control_plane.plane
     plane.deploy(APP, FUNCTION, scaledown_window=60)
-    case = request.node.callspec.params["case"]
+    case = getattr(request.node, "callspec", None) and request.node.callspec.params.get("case")
     with structlog.testing.capture_logs() as logs:
-        if case.source == "prometheus":
+        if case and case.source == "prometheus":
             load, prometheus = request.getfixturevalue("prometheus_load")
             await World.until(lambda: prometheus.has(
                 f"rate(vllm:request_success_total[{prometheus.RATE_WINDOW}]) > 5"),
@@ -49,8 +60,12 @@ async def world(request, tmp_path, kube, modal_control_plane) -> AsyncIterator[W
             made = World(tmp_path, kube, plane, logs, load, metrics, prometheus=prometheus)
             try:
                 yield made
-            finally:  # the next case starts from a sane load, whatever this one left
+            finally:  # the next case starts from a sane world, whatever this one left
                 load.raw, load.empty = {}, False
+                if prometheus.process is None:
+                    prometheus.start()
+                else:
+                    os.kill(prometheus.process.pid, signal.SIGCONT)
                 await made.close()
             return
         load = Load()
@@ -83,7 +98,8 @@ class Table:
             "# Fault matrix\n\n"
             "Produced by the test suite (`pytest tests/reliability/test_fault_matrix.py`), not "
             "written by hand: each row is one fault injected into a running controller (the real "
-            "`Daemon` and its loop, ticks of 0.5 s, two vLLM replicas or a real Prometheus, the "
+            f"`Daemon` and its loop, ticks of {TICK_S:g} s, two vLLM replicas or a real "
+            "Prometheus, the "
             "Kubernetes API emulator and the local Modal control plane). For every row the suite "
             "checked that the controller kept running, wrote no scale-down during the fault and "
             "no write twice, logged the error named here (and no other), counted it on "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from fixtures.realparts import PrometheusServer
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_autoscaler.config.loader import load_config
 from vllm_autoscaler.controller.daemon import Daemon
-from vllm_autoscaler.controller.types import Decision
+from vllm_autoscaler.controller.types import Decision, Observation
 
 PROFILE = Path(__file__).parents[1] / "daemon" / "data" / "cpu-tiny-llama.yaml"
 APP, FUNCTION, DEPLOYMENT, TARGET = "vllm-inference", "serve", "vllm-tiny", "tiny"
@@ -86,7 +87,7 @@ class ThreadedExporter:
         self.load = load
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(handler) -> None:  # noqa: N805 - the handler's own self
+            def do_GET(handler) -> None:
                 body = load.page().encode()
                 handler.send_response(200)
                 handler.send_header("Content-Type", "text/plain; version=0.0.4")
@@ -94,7 +95,7 @@ class ThreadedExporter:
                 handler.end_headers()
                 handler.wfile.write(body)
 
-            def log_message(handler, *args: Any) -> None:  # noqa: N805
+            def log_message(handler, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -121,7 +122,7 @@ class FastPrometheus(PrometheusServer):
     def has(self, promql: str) -> bool:
         """Whether the query answers with a number (NaN is not one)."""
         values = [float(r["value"][1]) for r in self.query(promql)]
-        return bool(values) and all(v == v for v in values)
+        return bool(values) and not any(math.isnan(v) for v in values)
 
 
 @dataclass
@@ -132,6 +133,7 @@ class Tick:
     logs_from: int  # index in the captured logs
     ended: float = 0.0
     logs_to: int = 0
+    observation: Observation | None = None
     decision: Decision | None = None
     applied: dict[str, str] = field(default_factory=dict)
 
@@ -203,7 +205,8 @@ class World:
             record = Tick(time.monotonic(), len(self.logs))
             try:
                 outcome = (await original())[TARGET]
-                record.decision, record.applied = outcome.decision, outcome.applied
+                record.observation, record.decision = outcome.observation, outcome.decision
+                record.applied = outcome.applied
                 return {TARGET: outcome}
             finally:
                 record.ended, record.logs_to = time.monotonic(), len(self.logs)
