@@ -25,11 +25,13 @@ def cli(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def measured_profile(vllm_server: str, tmp_path_factory) -> Path:
-    """A profile from a short sweep, past the server's max_num_seqs so that requests wait."""
+    """A profile from a short sweep with the lengths of the trace the fidelity test replays
+    (not its requests), past the server's max_num_seqs so that requests wait; measured just
+    before that replay, on the same server, so that the machine's speed is the same in both."""
     out = tmp_path_factory.mktemp("profile") / "cpu-tiny.yaml"
-    cli("profile", "--endpoint", vllm_server, "--out", str(out), "--prompt-tokens", "128",
-        "--output-tokens", "32", "--concurrency", f"1,4,{2 * MAX_NUM_SEQS}",
-        "--duration-per-step", "5", "--gpu", "cpu", timeout=240)  # fmt: skip
+    cli("profile", "--endpoint", vllm_server, "--out", str(out), "--trace", str(AZURE_CONV),
+        "--concurrency", f"1,4,{2 * MAX_NUM_SEQS}", "--duration-per-step", "8", "--gpu", "cpu",
+        timeout=240)  # fmt: skip
     return out
 
 
@@ -43,14 +45,13 @@ def test_profile_of_the_live_server_is_loadable_and_sane(measured_profile: Path)
     # (the machine is shared), prefill well under a millisecond per token.
     assert 1e-4 < profile.decode_base_s < 0.05
     assert 1e-7 < profile.prefill_per_token_s < 1e-3
+    assert 0 <= profile.request_overhead_s < 0.1  # HTTP front end: milliseconds
     assert profile.step_seconds(MAX_NUM_SEQS, MAX_NUM_SEQS * 150, 0) < 0.2
     assert measured_profile.with_name("cpu-tiny-fit.png").stat().st_size > 10_000
     requests = measured_profile.with_name("cpu-tiny-requests.csv").read_text().splitlines()
     assert len(requests) > 30
 
 
-@pytest.mark.xfail(strict=False, reason="real-time replay on a shared 2-core machine: the live "
-                   "server's throughput varies run to run (errors up to 40% seen)")
 def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simulator(
     vllm_server: str, measured_profile: Path, tmp_path: Path
 ):
@@ -69,7 +70,17 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
         assert stretches["overloaded"][who]["ttft_p95"] > 1.2 * stretches["normal"][who]["ttft_p50"]
         assert stretches["all"][who]["completed"] == report["requests"]
     # Under normal load both deliver what arrives: throughput follows the trace.
-    assert stretches["normal"]["relative_error"]["throughput"] == pytest.approx(0, abs=0.25)
+    normal, overloaded = stretches["normal"]["relative_error"], stretches["overloaded"]["relative_error"]
+    assert normal["throughput"] == pytest.approx(0, abs=0.10)
+    # The simulator with the profile measured just before: medians close under normal load
+    # (within 10% in three runs on a busy 2-core machine; 27 requests), and close in the
+    # overload (within 22%; 55 requests), where the fit of before was 95-133% off in the
+    # benchmark. p95s of so few requests rest on one or two of them: not checked here
+    # (tests/benchmarks/bench_fidelity.py measures them on 348).
+    for figure in ("ttft_p50", "e2e_p50"):
+        assert normal[figure] == pytest.approx(0, abs=0.25), (figure, normal)
+    for figure in ("ttft_p50", "e2e_p50", "throughput"):
+        assert overloaded[figure] == pytest.approx(0, abs=0.35), (figure, overloaded)
     assert "| overloaded | ttft_p50 (s) |" in (out / "fidelity.md").read_text()
     assert (out / "fidelity.png").stat().st_size > 10_000
     assert "overloaded:" in done.stderr
