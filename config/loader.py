@@ -39,8 +39,8 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror or exc}") from exc
     try:
         data = yaml.safe_load(text)
-    except Exception as exc:  # PyYAML's constructors raise more than YAMLError (bad dates,
-        # `!!float x`, an empty `!!float`): any failure to parse is a file that is not YAML
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors raise more than YAMLError
+        # (bad dates, `!!float x`, an empty `!!float`): any failure to parse is not YAML
         raise ConfigError(f"{path}: not valid YAML: {exc!s} ({type(exc).__name__})") from None
     if data is None:
         return {}
@@ -56,7 +56,7 @@ def apply_override(data: dict[str, Any], item: str) -> None:
         raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
     try:
         value = yaml.safe_load(raw) if raw else ""
-    except Exception as exc:  # as in read_yaml_mapping
+    except Exception as exc:  # noqa: BLE001 - as in read_yaml_mapping
         raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc!s} "
                           f"({type(exc).__name__})") from None
     parts = key.split(".")

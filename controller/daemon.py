@@ -6,9 +6,12 @@ One asyncio loop: ticks every `tick_seconds` (an overrun is logged and the misse
 skipped, never stacked); all targets in the same tick; a Lease elector beside it decides
 whether this replica actuates or only observes; an HTTP port serves /healthz, /readyz and
 /metrics and changes nothing. It never actuates blind: a target whose metrics or pool states
-cannot be read this tick is skipped. SIGHUP or a change of the config file reloads the config
-(an invalid one is rejected and the running one stays); SIGTERM ends the current tick without
-cutting an actuation in half, releases the Lease and exits 0.
+cannot be read this tick is skipped, and a tick whose metrics are degraded (values rejected,
+series absent, a replica not answering) may scale up but not down. Ticks are paced by the
+monotonic clock, and policies see a steady clock that a wall-clock step does not move; a call
+to a control plane takes about a tick at most. SIGHUP or a change of the config file reloads
+the config (an invalid or deleted one is rejected and the running one stays); SIGTERM ends the
+current tick without cutting an actuation in half, releases the Lease and exits 0.
 """
 
 from __future__ import annotations
@@ -32,7 +35,11 @@ from aiohttp import web
 from kubernetes.client import ApiClient
 
 from ..actuators.errors import ActuatorError
-from ..actuators.kubernetes import KubernetesActuator, RetryPolicy, kubernetes_api_client
+from ..actuators.kubernetes import (
+    KubernetesActuator,
+    RetryPolicy,
+    kubernetes_api_client,
+)
 from ..actuators.lease import LeaseElector
 from ..actuators.modal import ModalActuator
 from ..config.loader import ConfigError, load_config
@@ -350,7 +357,7 @@ class Daemon:
         if outcome.decision is None:
             return outcome
         if not leader:
-            applied = {a.pool: "standby: not applied (another replica holds the Lease)"
+            applied = {a.pool: "standby: not applied (this replica does not hold the Lease)"
                        for a in runtime.actuators}
         else:
             results = await asyncio.gather(*(

@@ -99,9 +99,9 @@ class PrometheusMetrics:
         values = {r["metric"]["signal"]: float(r["value"][1]) for r in results}
         # Ages as Prometheus measures them, placed on our clock: the two clocks need not agree.
         age = evaluated_at - values.pop(_MEASURED_AT, evaluated_at)
-        problems = absent_essentials(names) if names else [
-            f"Prometheus has no vLLM series under the selector {{{self._matchers}}} (are the "
-            "replicas scraped, is the selector right?)"]
+        nothing = (f"Prometheus has no vLLM series under the selector {{{self._matchers}}} "
+                   "(are the replicas scraped, is the selector right?)")
+        problems = absent_essentials(names) if names else [nothing]
         if age > self._window_s:
             values = {}  # the replicas stopped reporting: nothing here describes the window
             problems.append(f"the newest vLLM sample is {age:.0f} s old, older than the rate "
