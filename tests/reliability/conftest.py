@@ -101,8 +101,9 @@ class Table:
             f"`Daemon` and its loop, ticks of {TICK_S:g} s, two vLLM replicas or a real "
             "Prometheus, the "
             "Kubernetes API emulator and the local Modal control plane). For every row the suite "
-            "checked that the controller kept running, wrote no scale-down during the fault and "
-            "no write twice, logged the error named here (and no other), counted it on "
+            "checked that the controller kept running, that no tick under the fault scaled a "
+            "pool down, that no write was made twice, that it logged the error named here (and "
+            "no other, at most one per tick), counted it on "
             "`/metrics`, and was back to clean ticks (decided, applied, no error) within the "
             "ticks shown after the fault cleared.\n\n"
             + self.HEADER + "\n".join(self.rows[name] for name in self.expected) + "\n")
