@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+import yaml
 from emulators.kube_api import KubeApi
 from kubernetes import client
 
@@ -266,6 +267,24 @@ async def test_client_in_cluster(kube, tmp_path, monkeypatch):
     finally:
         await actuator.aclose()
     assert replicas(kube) == 3
+
+
+async def test_a_server_certificate_the_kubeconfig_does_not_trust_is_refused(kube, tmp_path):
+    """TLS verification stays on: without the emulator's CA the client must not connect."""
+    kube.add_deployment("vllm", replicas=2)
+    untrusting = yaml.safe_load(kube.kubeconfig.read_text())
+    del untrusting["clusters"][0]["cluster"]["certificate-authority-data"]
+    path = tmp_path / "no-ca.yaml"
+    path.write_text(yaml.safe_dump(untrusting))
+    api_client = kubernetes_api_client(str(path))
+    actuator = KubernetesActuator(KubernetesPool(deployment="vllm"), api_client=api_client,
+                                  retry=RetryPolicy(attempts=1))  # fmt: skip
+    try:
+        with pytest.raises(ActuatorError, match="CERTIFICATE_VERIFY_FAILED"):
+            await actuator.apply(decision(5))
+    finally:
+        api_client.close()
+    assert replicas(kube) == 2
 
 
 def test_unusable_kubeconfig_is_a_clear_error(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 
 import pytest
 from vllm_autoscaler.config.schema import PrometheusSource
+from vllm_autoscaler.metrics.common import MetricsUnavailable
 from vllm_autoscaler.metrics.prometheus import (
     PrometheusMetrics,
     duration_seconds,
@@ -33,3 +34,17 @@ def test_selector_values_are_anchored_regexes_in_promql_string_syntax():
 def test_a_bad_selector_names_the_label(selector, problem):
     with pytest.raises(ValueError, match=rf"metrics\.prometheus\.selector.*{problem}"):
         PrometheusMetrics(PrometheusSource(selector=selector))
+
+
+async def test_tls_verification_is_on_unless_turned_off(kube):
+    """An HTTPS endpoint whose certificate no trusted CA signed (the Kubernetes emulator's) is
+    refused by default; with verify_tls off the same endpoint is reached (and is no Prometheus)."""
+
+    def source(**tls):
+        return PrometheusMetrics(PrometheusSource(url=kube.base_url, timeout_seconds=5, **tls))
+
+    with pytest.raises(MetricsUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+        await source().collect()
+    with pytest.raises(MetricsUnavailable) as reached:
+        await source(verify_tls=False).collect()
+    assert "CERTIFICATE_VERIFY_FAILED" not in str(reached.value)
