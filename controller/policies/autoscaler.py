@@ -179,7 +179,7 @@ class ControllerPolicy:
             held_warm = min(modal_ready, observation.modal.desired) if observation.modal else 0
         reserve = self.burst_reserve.update(bool(pressure), held_warm, rate, capacity, now)
         floor = max(floor, reserve)
-        details["burst_reserve"] = self.burst_reserve.level
+        details["burst_reserve"] = reserve
         k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details)
         k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
         modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, backlog_rate, details)
