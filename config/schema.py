@@ -141,6 +141,11 @@ class ControllerPolicy(Section):
     target_utilization: Fraction = 1.0
     # Feedback: measured signals above these targets add capacity.
     ttft_feedback_fraction: Annotated[float, Field(gt=0, le=2)] = 1.0
+    # TTFT feedback spends the SLO's error budget (1 − attainment): requests over the SLO
+    # add capacity when their share in the metrics window is `fast_burn` times the budget,
+    # or above it while the last `error_budget_window_seconds` as a whole spent it all.
+    fast_burn: Annotated[float, Field(ge=1)] = 5
+    error_budget_window_seconds: PositiveFloat = 3600
     kv_usage_target: Fraction = 0.9
     waiting_per_replica_target: NonNegFloat = 2
     # Safety.

@@ -44,6 +44,8 @@ SEARCH_SPACE: dict[str, FloatDistribution | IntDistribution] = {
     "headroom": FloatDistribution(0.0, 0.6),
     "target_utilization": FloatDistribution(0.5, 1.0),
     "ttft_feedback_fraction": FloatDistribution(0.3, 1.5),
+    "fast_burn": FloatDistribution(1.0, 20.0, log=True),
+    "error_budget_window_seconds": FloatDistribution(600, 14400, log=True),
     "kv_usage_target": FloatDistribution(0.6, 1.0),
     "waiting_per_replica_target": FloatDistribution(0.5, 16, log=True),
     "scale_down_stabilization_seconds": FloatDistribution(30, 1800, log=True),

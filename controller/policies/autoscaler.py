@@ -77,6 +77,38 @@ class BurstReserve:
         return self.level
 
 
+def share_above(threshold: float, p50: float, p95: float, p99: float) -> float:
+    """Share of requests slower than `threshold`, from three quantiles: log-linear between
+    them (an exponential tail, as queueing delays have), extrapolated past p99 the same way."""
+    points = ((p50, 0.5), (p95, 0.05), (p99, 0.01))
+    if threshold <= p50:
+        return 0.5
+    (x0, f0), (x1, f1) = points[:2] if threshold <= p95 else points[1:]
+    if x1 <= x0:
+        return f1 if threshold <= x1 else 0.0
+    return f0 * (f1 / f0) ** ((threshold - x0) / (x1 - x0))
+
+
+class ErrorBudget:
+    """How fast the TTFT error budget burns over the last `window_s`: the share of requests
+    over the SLO divided by the share allowed (1 = exactly on budget)."""
+
+    def __init__(self, window_s: float, allowed: float):
+        self.window_s, self.allowed = window_s, allowed
+        self.recent: deque[tuple[float, float, float]] = deque()  # (time, requests, late)
+        self.requests = self.late = 0.0
+
+    def update(self, now: float, requests: float, late: float) -> float:
+        self.recent.append((now, requests, late))
+        self.requests += requests
+        self.late += late
+        while self.recent[0][0] < now - self.window_s:
+            _, requests, late = self.recent.popleft()
+            self.requests -= requests
+            self.late -= late
+        return self.late / self.requests / self.allowed if self.requests > 0 else 0.0
+
+
 class ControllerPolicy:
     name = "controller"
 
@@ -94,6 +126,7 @@ class ControllerPolicy:
         self.correction = 1.0
         self.last_cut = -math.inf
         self.burst_reserve = BurstReserve(p.burst_memory_seconds)
+        self.error_budget = ErrorBudget(p.error_budget_window_seconds, 1 - target.slo.attainment)
         self.last: Decision | None = None
         k8s, modal = target.kubernetes_pool, target.modal_pool
         self.k8s_guard = k8s and PoolGuard(
@@ -126,14 +159,22 @@ class ControllerPolicy:
             self.output_mean += MIX_ALPHA * (output_rate / rate - self.output_mean)
         return rate
 
-    def _pressure(self, obs: Observation, now: float, replicas: int) -> str | None:
+    def _late_share(self, obs: Observation, now: float) -> float:
+        """Share of the window's requests slower than the SLO (0 when not measured)."""
+        quantiles = [self._fresh(obs, f"ttft_{p}", now) for p in ("p50", "p95", "p99")]
+        if any(q is None or not math.isfinite(q) for q in quantiles):
+            return 0.0
+        return share_above(self.target.slo.ttft_seconds * self.p.ttft_feedback_fraction, *quantiles)
+
+    def _pressure(self, obs: Observation, now: float, replicas: int, late: float, burn: float) -> str | None:
         """Which measured signal is above its target, if any."""
-        slo = self.target.slo
-        ttft = self._fresh(obs, "ttft_p99", now)
         waiting = self._fresh(obs, "waiting", now)
         kv = self._fresh(obs, "kv_usage_mean", now)
-        if ttft is not None and ttft > slo.ttft_seconds * self.p.ttft_feedback_fraction:
-            return f"TTFT p99 {ttft:.2f}s above {self.p.ttft_feedback_fraction:.0%} of SLO"
+        allowed = 1 - self.target.slo.attainment
+        # Queueing spikes a right-sized pool has anyway stay within the budget: only a fast
+        # burn, or one that has spent the budget of the whole window, calls for capacity.
+        if late > allowed and (late >= self.p.fast_burn * allowed or burn >= 1):
+            return f"{late:.1%} of requests over the TTFT SLO (error budget burn {burn:.1f}x)"
         if waiting is not None and waiting > self.p.waiting_per_replica_target * max(replicas, 1):
             return f"{waiting:.0f} requests waiting"
         backlog = obs.modal.backlog if obs.modal else None
@@ -151,7 +192,9 @@ class ControllerPolicy:
             return self._hold(observation, "arrival rate missing or stale: holding, no scale-down")
         k8s_ready = observation.kubernetes.ready if observation.kubernetes else 0
         modal_ready = observation.modal.ready if observation.modal else 0
-        pressure = self._pressure(observation, now, k8s_ready + modal_ready)
+        late = self._late_share(observation, now)
+        burn = self.error_budget.update(now, rate, rate * late)
+        pressure = self._pressure(observation, now, k8s_ready + modal_ready, late, burn)
         self._correct(pressure, now)
         capacity = self._capacity()
         if capacity <= 0:

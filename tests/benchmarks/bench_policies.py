@@ -5,6 +5,7 @@ swept) that reaches the SLO, over `modal-only`, over `oracle`, over `static-peak
 is only given against a baseline that reaches the SLO too (a cheaper policy that misses it
 is no yardstick). The HPA is swept twice: on the same hybrid target (Modal's own autoscaler
 takes what the pods cannot) and on Kubernetes alone, the usual set-up without this product.
+The right-sized static pool is the fewest Kubernetes pods that alone reach the SLO (bisection).
 Run: python tests/benchmarks/bench_policies.py [--quick] [--out DIR]
 """
 
@@ -17,7 +18,7 @@ from pathlib import Path
 from vllm_autoscaler.config.loader import load_config, shipped_path
 from vllm_autoscaler.simulations import generators
 from vllm_autoscaler.simulations.report import write_comparison
-from vllm_autoscaler.simulations.run import compare
+from vllm_autoscaler.simulations.run import compare, simulate
 from vllm_autoscaler.simulations.traces import load_trace
 
 HPA_TARGETS = (5, 10, 15, 20, 40)
@@ -39,9 +40,28 @@ def scenarios(quick: bool):
                                     duration_s=hours * 3600, seed=4)
 
 
-def verdict(results: dict, k8s_only: dict) -> dict:
+def right_sized_static(trace, k8s_only) -> tuple[int, dict] | None:
+    """The fewest pods a fixed Kubernetes pool needs to reach the SLO (attainment rises with
+    the pool), and that run's summary; None if even the largest pool misses it."""
+    target = k8s_only.targets[0]
+
+    def run(pods: int) -> dict:
+        return simulate(trace, k8s_only, f"static:kubernetes_replicas={pods}").summary
+
+    low, high = 0, target.kubernetes.max_replicas  # `low` misses the SLO, `high` may not
+    summaries = {high: run(high)}
+    if summaries[high]["slo_attainment"] < target.slo.attainment:
+        return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        summaries[mid] = run(mid)
+        low, high = (low, mid) if summaries[mid]["slo_attainment"] >= target.slo.attainment else (mid, high)
+    return high, summaries[high]
+
+
+def verdict(results: dict, k8s_only: dict, static: tuple[int, dict] | None) -> dict:
     """`results`: every policy on the hybrid target; `k8s_only`: the controller and the HPAs
-    on Kubernetes alone."""
+    on Kubernetes alone; `static`: the right-sized static pool."""
     s = {name: r.summary for name, r in results.items()}
     target = load_config().targets[0].slo.attainment
     ok = {n: v["cost_total"] for n, v in s.items() if v["slo_attainment"] >= target}
@@ -64,6 +84,11 @@ def verdict(results: dict, k8s_only: dict) -> dict:
         "k8s_only_controller_attainment": alone["slo_attainment"],
         "k8s_only_controller_cost": alone["cost_total"],
         "k8s_only_controller_vs_cheapest_k8s_only_hpa_at_slo": ratio(ok_k8s, alone["cost_total"]),
+        "right_sized_static_pods": static and static[0],
+        "vs_right_sized_static (steady: <=1.05)": ratio([static[1]["cost_total"]] if static else []),
+        "k8s_only_controller_vs_right_sized_static": ratio(
+            [static[1]["cost_total"]] if static else [], alone["cost_total"]
+        ),
         "costs": {n: round(v["cost_total"], 2) for n, v in s.items()}
         | {f"k8s-only {n}": round(r.summary["cost_total"], 2) for n, r in k8s_only.items()},
         "attainment": {n: round(v["slo_attainment"], 4) for n, v in s.items()}
@@ -86,15 +111,19 @@ def main() -> None:
     table = {}
     for name, trace in scenarios(args.quick):
         results = compare(trace, config, POLICIES, workers=2)
-        table[name] = row = verdict(results, compare(trace, k8s_only, alone, workers=2))
+        static = right_sized_static(trace, k8s_only)
+        table[name] = row = verdict(results, compare(trace, k8s_only, alone, workers=2), static)
         print(f"{name:>11}: {len(trace):>8,} req  controller {row['controller_attainment']:.2%} "
               f"${row['controller_cost']:.2f} | / hpa@slo {fmt(row['vs_cheapest_hpa_at_slo (<=0.65)'])}"
               f" / k8s-only hpa@slo {fmt(row['vs_cheapest_k8s_only_hpa_at_slo'])}"
               f" / modal-only {fmt(row['vs_modal_only (<=0.80)'])} / oracle {fmt(row['vs_oracle (<=1.15)'])}"
               f" / cheapest baseline@slo {fmt(row['vs_cheapest_baseline_at_slo'])}"
+              f" / right-sized static ({row['right_sized_static_pods']} pods)"
+              f" {fmt(row['vs_right_sized_static (steady: <=1.05)'])}"
               f" || Kubernetes only: controller {row['k8s_only_controller_attainment']:.2%}"
               f" ${row['k8s_only_controller_cost']:.2f} / hpa@slo"
-              f" {fmt(row['k8s_only_controller_vs_cheapest_k8s_only_hpa_at_slo'])}", flush=True)
+              f" {fmt(row['k8s_only_controller_vs_cheapest_k8s_only_hpa_at_slo'])}"
+              f" / right-sized static {fmt(row['k8s_only_controller_vs_right_sized_static'])}", flush=True)
         summaries = {n: r.summary for n, r in results.items()}
         write_comparison(summaries, config.targets[0], args.out / name, f"{name}: {len(trace):,} requests")
     (args.out / "verdict.json").write_text(json.dumps(table, indent=1))

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_autoscaler.config.loader import load_config
-from vllm_autoscaler.controller.policies.autoscaler import ControllerPolicy
+from vllm_autoscaler.controller.policies.autoscaler import ControllerPolicy, ErrorBudget, share_above
 from vllm_autoscaler.controller.profile import load_profile
 from vllm_autoscaler.controller.types import Observation, PoolState, Sample
 
@@ -131,6 +131,42 @@ def test_slo_pressure_adds_capacity_even_when_the_forecast_says_enough():
         b = pressed.decide(observe(now, 5.0, (4, 0, 4), ttft=10.0, waiting=30), now)
     assert b.kubernetes_replicas > a.kubernetes_replicas
     assert b.reason.driver == "pressure"
+
+
+def test_share_over_the_slo_from_three_quantiles_has_an_exponential_tail():
+    p50, p95, p99 = 1.0, 2.0, 3.0
+    assert share_above(0.5, p50, p95, p99) == 0.5
+    assert math.isclose(share_above(2.0, p50, p95, p99), 0.05)
+    assert math.isclose(share_above(3.0, p50, p95, p99), 0.01)
+    assert math.isclose(share_above(2.5, p50, p95, p99), math.sqrt(0.05 * 0.01))  # log-linear
+    assert math.isclose(share_above(4.0, p50, p95, p99), 0.01 * 0.2)  # the tail goes on
+
+
+def test_error_budget_burn_is_the_late_share_of_the_window_over_the_allowed_share():
+    budget = ErrorBudget(window_s=60.0, allowed=0.01)
+    assert budget.update(0.0, requests=100, late=0) == 0
+    assert math.isclose(budget.update(30.0, requests=100, late=4), 2.0)  # 4 of 200: 2x
+    assert math.isclose(budget.update(90.0, requests=100, late=1), 2.5)  # t=0 left the window
+
+
+def test_queueing_spikes_within_the_error_budget_add_no_pods_a_lasting_burn_does():
+    calm, spiky = policy("targets.0.modal.enabled=false"), policy("targets.0.modal.enabled=false")
+    hour = int(calm.p.error_budget_window_seconds / TICK)
+    replay(calm, [5.0] * hour)
+    replay(spiky, [5.0] * hour)
+    # p99 4 s against the 3-s SLO: ~3% of requests late, above the 1% budget, below the
+    # fast-burn line (5x): a spike a right-sized pool has now and then.
+    decide = lambda p, i, ttft: p.decide(observe(i * TICK, 5.0, (4, 0, 4), ttft=ttft), i * TICK)
+    for i in range(hour, hour + 20):
+        a, b = decide(calm, i, 1.0), decide(spiky, i, 4.0)
+        assert b.reason.driver == "forecast"
+        assert b.kubernetes_replicas == a.kubernetes_replicas
+    for i in range(hour + 20, 2 * hour):  # it lasts: the hour's budget runs out
+        b = decide(spiky, i, 4.0)
+        if b.reason.driver == "pressure":
+            break
+    assert b.reason.driver == "pressure" and "error budget" in b.reason.summary
+    assert i - hour < hour / 2  # 3x the allowed share spends an hour's budget in 20 minutes
 
 
 def test_after_a_metrics_outage_scale_down_still_waits_a_full_window():
