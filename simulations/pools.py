@@ -16,7 +16,7 @@ import numpy as np
 
 from ..config.schema import KubernetesPool, ModalPool, Startup
 from ..controller.types import PoolState
-from .engine import Replica
+from .native import Replica
 
 if TYPE_CHECKING:
     from .simulator import Simulation

@@ -23,7 +23,7 @@ from ..config.schema import Config, Target
 from ..controller.histogram import ITL_BUCKETS, TTFT_BUCKETS, histogram_quantile
 from ..controller.profile import ReplicaProfile
 from ..controller.types import Decision, Observation, Policy, Sample
-from .engine import Replica
+from .native import Replica
 from .oracle import replicas_needed
 from .pools import Pool, Server, SimKubernetesPool, SimModalPool
 from .traces import Trace
