@@ -152,6 +152,8 @@ class ControllerPolicy(Section):
     scale_down_stabilization_seconds: NonNegFloat = 300
     max_scale_up_per_tick: Annotated[int, Field(ge=1)] = 10
     max_scale_down_per_tick: Annotated[int, Field(ge=1)] = 2
+    # Kubernetes replicas shrink only when the load falls by more than this share of the
+    # pods asked for; with Modal beside them they also grow only past it (the HPA's tolerance).
     hysteresis: Annotated[float, Field(ge=0, le=1)] = 0.1
     stale_after_seconds: PositiveFloat = 60
     # Hybrid: Kubernetes carries this quantile, over the last base_load_window_seconds, of

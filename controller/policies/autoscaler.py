@@ -223,7 +223,8 @@ class ControllerPolicy:
         reserve = self.burst_reserve.update(bool(pressure), held_warm, rate, capacity, now)
         floor = max(floor, reserve)
         details["burst_reserve"] = reserve
-        k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details)
+        asked = observation.kubernetes.desired if observation.kubernetes else 0
+        k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details, asked)
         k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
         modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, backlog_rate, details)
         if pressure and k8s is not None and observation.kubernetes:
@@ -238,7 +239,7 @@ class ControllerPolicy:
         self.last = Decision(k8s, modal_min, modal_buffer, reason)
         return self.last
 
-    def _plan_kubernetes(self, now, capacity, floor, backlog_rate, details) -> int | None:
+    def _plan_kubernetes(self, now, capacity, floor, backlog_rate, details, asked) -> int | None:
         k8s = self.target.kubernetes_pool
         if not k8s:
             return None
@@ -256,7 +257,7 @@ class ControllerPolicy:
         )
         base = min(base, band.upper)
         details["k8s_base_rate"] = base
-        return max(math.ceil(base / capacity), self.burst_reserve.level)
+        return max(self._tolerate(base / capacity, asked), self.burst_reserve.level)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for."""
@@ -287,6 +288,17 @@ class ControllerPolicy:
 
     def _replicas(self, rate: float, capacity: float) -> int:
         return math.ceil(rate * (1 + self.p.headroom) / (capacity * self.p.target_utilization))
+
+    def _tolerate(self, needed: float, asked: int) -> int:
+        """Pods for a base layer of `needed` replicas' worth. As the HPA's tolerance does, a
+        rise within `hysteresis` of the pods already asked for keeps them: on a flat load it
+        is the sampling noise of the measured rate, Modal takes the excess within seconds,
+        and a pod started for it arrives minutes later. (Alone on Kubernetes a missing pod
+        would be minutes of misses on a ramp: there every rise counts.)"""
+        pods = math.ceil(needed)
+        if pods > asked and needed <= asked * (1 + self.p.hysteresis):
+            return asked
+        return pods
 
     def _capacity(self) -> float:
         """Requests/s one replica serves within the SLO at the current token mix, corrected."""

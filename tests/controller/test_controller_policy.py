@@ -169,6 +169,14 @@ def test_queueing_spikes_within_the_error_budget_add_no_pods_a_lasting_burn_does
     assert i - hour < hour / 2  # 3x the allowed share spends an hour's budget in 20 minutes
 
 
+def test_a_rise_within_the_tolerance_keeps_the_pods_a_larger_one_adds_them():
+    p = policy()  # hysteresis 0.1, as the HPA's tolerance
+    assert p._tolerate(4.4, asked=4) == 4  # 10% above 4 pods' worth: rate noise
+    assert p._tolerate(4.5, asked=4) == 5
+    assert p._tolerate(2.3, asked=2) == 3  # the tolerance is relative to the pods asked for
+    assert p._tolerate(3.2, asked=4) == 4  # scale-down is the guard's (stabilised) business
+
+
 def test_after_a_metrics_outage_scale_down_still_waits_a_full_window():
     p = policy("targets.0.modal.enabled=false")
     window = p.p.scale_down_stabilization_seconds
