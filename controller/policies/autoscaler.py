@@ -212,7 +212,8 @@ class ControllerPolicy:
         backlog_rate = queued / self.target.slo.ttft_seconds
         details: dict = {
             "rate": rate, "capacity_per_replica": capacity, "correction": self.correction,
-            "pressure": pressure, "backlog_rate": backlog_rate,
+            "pressure": pressure, "backlog_rate": backlog_rate, "late_share": late,
+            "error_budget_burn": burn,
         }  # fmt: skip
         # The capacity held warm on purpose: ready pods, or for Modal alone its warm minimum
         # (containers Modal starts on demand come up seconds after the burst that needed them).
