@@ -4,7 +4,8 @@ Each tick:
 1. Forecast the arrival rate over each pool's lead time (Kubernetes: pod start-up; Modal:
    container start-up), with an upper band; the token mix from the measured token rates.
 2. Capacity of one replica within the SLO from the replica profile, scaled by an online
-   correction learnt from measured TTFT, waiting requests and KV usage.
+   correction learnt from SLO pressure: TTFT misses spending the error budget too fast,
+   waiting requests, KV usage.
 3. Plan: Kubernetes (cheap per hour, slow) carries the base load that will still be there
    when a new pod is ready — the load level present often enough that an hourly-billed pod
    beats per-second Modal billing; Modal warm containers cover the rest of the band and
