@@ -259,7 +259,9 @@ class ControllerPolicy:
         )
         base = min(base, band.upper)
         details["k8s_base_rate"] = base
-        return max(self._tolerate(base / capacity, asked), self.burst_reserve.level)
+        lead = k8s.startup_seconds.high + self.tick_s
+        rising = self.forecaster.trend * lead / capacity  # replicas' worth the trend adds
+        return max(self._tolerate(base / capacity, asked, rising), self.burst_reserve.level)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for."""
@@ -291,14 +293,16 @@ class ControllerPolicy:
     def _replicas(self, rate: float, capacity: float) -> int:
         return math.ceil(rate * (1 + self.p.headroom) / (capacity * self.p.target_utilization))
 
-    def _tolerate(self, needed: float, asked: int) -> int:
+    def _tolerate(self, needed: float, asked: int, rising: float) -> int:
         """Pods for a base layer of `needed` replicas' worth. As the HPA's tolerance does, a
         rise within `hysteresis` of the pods already asked for keeps them: on a flat load it
         is the sampling noise of the measured rate, Modal takes the excess within seconds,
-        and a pod started for it arrives minutes later. (Alone on Kubernetes a missing pod
-        would be minutes of misses on a ramp: there every rise counts.)"""
+        and a pod started for it arrives minutes later. Not on a ramp (the trend alone adds
+        `rising` replicas' worth over a pod's lead time, as much as the tolerance): there every
+        rise is load. (Alone on Kubernetes every rise counts: a missing pod is minutes of misses.)"""
         pods = math.ceil(needed)
-        if pods > asked and needed <= asked * (1 + self.p.hysteresis):
+        tolerance = self.p.hysteresis * asked
+        if pods > asked and needed <= asked + tolerance and rising < tolerance:
             return asked
         return pods
 

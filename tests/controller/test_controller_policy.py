@@ -169,12 +169,13 @@ def test_queueing_spikes_within_the_error_budget_add_no_pods_a_lasting_burn_does
     assert i - hour < hour / 2  # 3x the allowed share spends an hour's budget in 20 minutes
 
 
-def test_a_rise_within_the_tolerance_keeps_the_pods_a_larger_one_adds_them():
+def test_a_rise_within_the_tolerance_keeps_the_pods_unless_larger_or_on_a_ramp():
     p = policy()  # hysteresis 0.1, as the HPA's tolerance
-    assert p._tolerate(4.4, asked=4) == 4  # 10% above 4 pods' worth: rate noise
-    assert p._tolerate(4.5, asked=4) == 5
-    assert p._tolerate(2.3, asked=2) == 3  # the tolerance is relative to the pods asked for
-    assert p._tolerate(3.2, asked=4) == 4  # scale-down is the guard's (stabilised) business
+    assert p._tolerate(4.4, asked=4, rising=0.0) == 4  # 10% above 4 pods' worth: rate noise
+    assert p._tolerate(4.5, asked=4, rising=0.0) == 5
+    assert p._tolerate(2.3, asked=2, rising=0.0) == 3  # relative to the pods asked for
+    assert p._tolerate(4.4, asked=4, rising=0.4) == 5  # the trend explains it: a ramp
+    assert p._tolerate(3.2, asked=4, rising=0.0) == 4  # scale-down is the guard's business
 
 
 def test_after_a_metrics_outage_scale_down_still_waits_a_full_window():
