@@ -252,6 +252,7 @@ def profile(
     duration_per_step: Annotated[float, typer.Option(help="Seconds of load per step")] = 20.0,
     max_num_seqs: Annotated[Optional[int], typer.Option(help="The server's --max-num-seqs (default: seen)")] = None,
     max_num_batched_tokens: Annotated[int, typer.Option(help="The server's --max-num-batched-tokens")] = 2048,
+    kv_watermark: Annotated[float, typer.Option(help="The server's --watermark (vLLM V1's default: 0)")] = 0.0,
     gpu: Annotated[str, typer.Option(help="Accelerator name recorded in the profile")] = "unspecified",
     seed: int = 0,
 ) -> None:
@@ -277,7 +278,7 @@ def profile(
         sweep = asyncio.run(run_sweep(endpoint, options, lambda stage: console.print(f"{stage} ...")))
         seqs = resolve_max_num_seqs(sweep, max_num_seqs)
         fitted = fit(sweep.measurements, seqs[0])
-        result = build_profile(sweep, fitted, out.stem, gpu, seqs, max_num_batched_tokens)
+        result = build_profile(sweep, fitted, out.stem, gpu, seqs, max_num_batched_tokens, kv_watermark)
     except (EndpointError, ProfilingError, ProfileError, ValueError) as exc:
         fail(str(exc))
     written = write_profile(result, fitted, sweep, out)

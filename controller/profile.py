@@ -10,6 +10,14 @@ where `context` is the number of tokens (prompt + generated) held by the decodin
 decode is memory-bound (weights once per step, KV cache per context token), prefill is
 compute-bound (per prompt token).
 
+The KV cache is `kv_cache_tokens` (what vLLM reports: num_gpu_blocks x block_size) in blocks of
+`kv_block_size` tokens, as vLLM allocates it: a sequence holds whole blocks, one block is
+vLLM's null block (never holds a token). Default 16, vLLM's block size on GPUs; its CPU backend
+uses 128 (`profile` reads the server's from `vllm:cache_config_info`). `kv_watermark` is the
+share of blocks vLLM keeps free when it admits a request beside running ones (its
+`--watermark`): vLLM V1 keeps none by default; the default here, 1%, is vLLM V0's and what
+profiles without the field were always simulated with.
+
 `request_overhead_s` is the time a request spends in the server outside the engine (vLLM's
 HTTP front end: parsing, tokenizing, detokenizing, streaming), once per request; it adds to
 TTFT and end-to-end latency but takes no engine time. Default 0: profiles without it (the
@@ -22,7 +30,7 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 Positive = Annotated[float, Field(gt=0)]
 NonNeg = Annotated[float, Field(ge=0)]
@@ -44,11 +52,22 @@ class ReplicaProfile(BaseModel):
     max_num_seqs: Annotated[int, Field(ge=1)] = 256
     max_num_batched_tokens: Annotated[int, Field(ge=1)] = 2048
     kv_cache_tokens: Annotated[int, Field(ge=1)]
+    kv_block_size: Annotated[int, Field(ge=1)] = 16
+    kv_watermark: Annotated[float, Field(ge=0, lt=1)] = 0.01
     prefill_per_token_s: Positive
     decode_base_s: Positive
     decode_per_seq_s: NonNeg = 0.0
     decode_per_context_token_s: NonNeg = 0.0
     request_overhead_s: NonNeg = 0.0
+
+    @model_validator(mode="after")
+    def _room_for_a_block(self) -> ReplicaProfile:
+        if self.kv_cache_tokens < 2 * self.kv_block_size:
+            raise ValueError(
+                f"kv_cache_tokens {self.kv_cache_tokens} holds fewer than 2 blocks of kv_block_size "
+                f"{self.kv_block_size} (one is vLLM's null block)"
+            )
+        return self
 
     def step_seconds(self, batch: int, context_tokens: float, prefill_tokens: int) -> float:
         return (

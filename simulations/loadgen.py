@@ -191,16 +191,22 @@ def _samples(text: str, name: str):
             yield from family.samples
 
 
-def kv_cache_tokens(text: str) -> int:
-    """KV-cache capacity in tokens: num_gpu_blocks x block_size of `vllm:cache_config_info`."""
+def kv_cache_blocks(text: str) -> tuple[int, int]:
+    """The KV cache's (num_gpu_blocks, block_size) from `vllm:cache_config_info`."""
     for sample in _samples(text, "cache_config_info"):
         try:
-            return int(sample.labels["num_gpu_blocks"]) * int(sample.labels["block_size"])
+            return int(sample.labels["num_gpu_blocks"]), int(sample.labels["block_size"])
         except (KeyError, ValueError):
             raise EndpointError(
                 f"vllm:cache_config_info has no usable num_gpu_blocks/block_size: {sample.labels}"
             ) from None
     raise EndpointError("the server's /metrics has no vllm:cache_config_info (KV-cache size)")
+
+
+def kv_cache_tokens(text: str) -> int:
+    """KV-cache capacity in tokens: num_gpu_blocks x block_size of `vllm:cache_config_info`."""
+    blocks, block_size = kv_cache_blocks(text)
+    return blocks * block_size
 
 
 def gauge_total(text: str, name: str) -> float:

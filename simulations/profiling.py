@@ -45,7 +45,7 @@ import yaml
 from ..controller.profile import ReplicaProfile
 from .loadgen import (
     Endpoint, EndpointError, LoadClient, Outcome, discover, first_token_held_back, fit_lengths,
-    gauge_total, kv_cache_tokens, scrape, session,
+    gauge_total, kv_cache_blocks, scrape, session,
 )  # fmt: skip
 from .traces import Trace
 
@@ -324,12 +324,13 @@ class SweepOptions:
 class Sweep:
     endpoint: Endpoint
     measurements: Measurements
-    kv_cache_tokens: int
+    kv_cache_tokens: int  # num_gpu_blocks x block_size
     max_running: int  # the most requests the server reported running at once
     max_waiting: int
     failed: int
     load_average: float  # the machine's 1-minute load average at the end
     started: datetime
+    kv_block_size: int = 16  # tokens per KV block (vLLM's CPU backend: 128)
 
 
 async def _watch(client, url: str, seen: dict[str, float], stop: asyncio.Event) -> None:
@@ -348,7 +349,7 @@ async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[str], N
     started = datetime.now(timezone.utc)
     async with session() as client:
         endpoint = await discover(client, url, options.model)
-        kv_tokens = kv_cache_tokens(await scrape(client, endpoint.url))
+        kv_blocks, kv_block_size = kv_cache_blocks(await scrape(client, endpoint.url))
         load = LoadClient(client, endpoint, options.seed)
         rng = np.random.default_rng(options.seed)
         draw = options.lengths.sampler(endpoint.max_model_len, rng)
@@ -374,8 +375,9 @@ async def run_sweep(url: str, options: SweepOptions, on_stage: Callable[[str], N
     total = sum(len(outcomes) for _, outcomes in stages)
     if len(failed) > MAX_FAILED_SHARE * total:
         raise EndpointError(f"{len(failed)} of {total} requests failed, e.g. {failed[0]}")
-    return Sweep(endpoint, Measurements.of(stages), kv_tokens, int(seen.get("num_requests_running", 0)),
-                 int(seen.get("num_requests_waiting", 0)), len(failed), os.getloadavg()[0], started)  # fmt: skip
+    return Sweep(endpoint, Measurements.of(stages), kv_blocks * kv_block_size, int(seen.get("num_requests_running", 0)),
+                 int(seen.get("num_requests_waiting", 0)), len(failed), os.getloadavg()[0], started,
+                 kv_block_size)  # fmt: skip
 
 
 def resolve_max_num_seqs(sweep: Sweep, option: int | None) -> tuple[int, str]:
@@ -389,7 +391,9 @@ def resolve_max_num_seqs(sweep: Sweep, option: int | None) -> tuple[int, str]:
 
 
 def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: tuple[int, str],
-                  max_num_batched_tokens: int) -> ReplicaProfile:
+                  max_num_batched_tokens: int, kv_watermark: float = 0.0) -> ReplicaProfile:
+    """The profile of the swept server; `kv_watermark` is its --watermark (vLLM V1: 0 unless
+    set), which /metrics does not show."""
     m = sweep.measurements
     source = (
         f"measured by `vllm-autoscaler profile` on {sweep.started:%Y-%m-%d %H:%M} UTC against "
@@ -402,6 +406,7 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
     return ReplicaProfile(
         name=name, model=sweep.endpoint.model, gpu=gpu, source=source, max_num_seqs=max_num_seqs[0],
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=sweep.kv_cache_tokens,
+        kv_block_size=sweep.kv_block_size, kv_watermark=kv_watermark,
         request_overhead_s=fitted.request_overhead_s, **fitted.coefficients,
     )  # fmt: skip
 

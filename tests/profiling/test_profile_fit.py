@@ -11,7 +11,7 @@ from synthetic import ClosedLoopStage, sweep
 from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile, shipped_profiles
 from vllm_autoscaler.simulations.fidelity import Burst, Run, compare
 from vllm_autoscaler.simulations.loadgen import (
-    Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_tokens,
+    Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_blocks, kv_cache_tokens,
 )
 from vllm_autoscaler.simulations.profiling import (
     Measurements, ProfilingError, Sweep, alone, build_profile, fit, life_state, others_in_flight,
@@ -160,8 +160,9 @@ def sweep_result(m: Measurements, max_running=8, max_waiting=3) -> Sweep:
     from datetime import datetime, timezone
 
     endpoint = Endpoint("http://127.0.0.1:1", "tiny", 1024, np.arange(3, 100))
-    return Sweep(endpoint, m, kv_cache_tokens(METRICS_0_32.read_text()), max_running, max_waiting,
-                 0, 1.0, datetime(2026, 1, 1, tzinfo=timezone.utc))  # fmt: skip
+    blocks, block_size = kv_cache_blocks(METRICS_0_32.read_text())
+    return Sweep(endpoint, m, blocks * block_size, max_running, max_waiting,
+                 0, 1.0, datetime(2026, 1, 1, tzinfo=timezone.utc), block_size)  # fmt: skip
 
 
 def test_written_profile_loads_back_with_its_source(tmp_path):
@@ -173,6 +174,8 @@ def test_written_profile_loads_back_with_its_source(tmp_path):
     loaded = load_profile(str(tmp_path / "cpu-tiny.yaml"))
     assert loaded == profile
     assert loaded.kv_cache_tokens == 64 * 128  # num_gpu_blocks x block_size in the fixture
+    assert loaded.kv_block_size == 128  # the CPU backend's block, as the server says
+    assert loaded.kv_watermark == 0.0  # vLLM V1 keeps none unless told (--kv-watermark)
     assert loaded.max_num_seqs == 8  # requests waited while 8 ran of 16 in flight
     assert "measured by `vllm-autoscaler profile`" in loaded.source and "http://127.0.0.1:1" in loaded.source
     assert Measurements.load_csv(paths[1]).prompt.tolist() == m.prompt.tolist()
@@ -190,6 +193,7 @@ def test_max_num_seqs_not_reached_falls_back_to_the_option_or_vllms_default():
 
 def test_kv_capacity_needs_the_cache_config_metric():
     assert kv_cache_tokens(METRICS_0_32.read_text()) == 8192
+    assert kv_cache_blocks(METRICS_0_32.read_text()) == (64, 128)
     renamed = METRICS_0_32.read_text().replace("vllm:cache_config_info", "vllm_cache_config_info")
     assert kv_cache_tokens(renamed) == 8192
     with pytest.raises(EndpointError, match="no vllm:cache_config_info"):

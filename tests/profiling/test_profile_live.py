@@ -39,6 +39,7 @@ def test_profile_of_the_live_server_is_loadable_and_sane(measured_profile: Path)
     profile = load_profile(str(measured_profile))
     assert profile.model == "tiny-llama"
     assert profile.kv_cache_tokens == SERVER_KV_TOKENS
+    assert (profile.kv_block_size, profile.kv_watermark) == (128, 0.0)  # the CPU backend's blocks; V1
     assert profile.max_num_seqs == MAX_NUM_SEQS  # seen: requests waited while 8 ran
     assert "measured by `vllm-autoscaler profile`" in profile.source
     # A 2-layer, 128-wide model on a CPU: steps of a fraction of a millisecond to tens of ms
