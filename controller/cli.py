@@ -301,6 +301,10 @@ def fidelity(
         Optional[str], typer.Option(help="START:END:FACTOR: multiply the rate over that stretch (s into the slice)")
     ] = None,
     seed: int = 0,
+    engine_log: Annotated[
+        Optional[Path], typer.Option(help="The server's log with --enable-logging-iteration-details: "
+                                          "also simulate at the speed it had during the replay")
+    ] = None,
 ) -> None:
     """Replay a trace slice in real time against a live server and through the simulator with
     the profile (one static replica); write fidelity.md, fidelity.json and fidelity.png."""
@@ -309,13 +313,18 @@ def fidelity(
 
     requests = _trace(trace, start, end, rate_scale, 1.0, False, seed)
     try:
-        options = FidelityOptions(profile, Burst.parse(burst) if burst else None, model, seed)
+        options = FidelityOptions(profile, Burst.parse(burst) if burst else None, model, seed, engine_log)
         report = run_fidelity(endpoint, requests, options, out)
     except (EndpointError, ProfileError, ConfigError, ValueError) as exc:
         fail(str(exc))
     for stretch, r in report["stretches"].items():
         errors = ", ".join(f"{k} {v:+.1%}" for k, v in r["relative_error"].items())
         console.print(f"{stretch}: {errors}")
+    for stretch, r in report.get("at_measured_speed", {}).get("stretches", {}).items():
+        errors = ", ".join(f"{k} {v:+.1%}" for k, v in r["relative_error"].items())
+        console.print(f"{stretch}, at the server's measured speed: {errors}")
+    if "error" in report.get("at_measured_speed", {}):
+        console.print(f"no figures at the server's measured speed: {report['at_measured_speed']['error']}")
     console.print(f"-> {out}/fidelity.md, {out}/fidelity.json, {out}/fidelity.png")
 
 

@@ -5,6 +5,14 @@ simulator (one static replica with the given profile, no autoscaling) with the v
 times at which the client sent each request. An optional burst multiplies the request rate
 over a stretch so that requests queue: the report splits every figure into the normal and the
 overloaded stretch (by arrival).
+
+With the server's log of its steps (`engine_log`: vLLM with
+`--enable-logging-iteration-details`), the report also gives the figures of the simulator run
+at the speed the server had during the replay, window by window, against the steps it logged
+before (enginelog.py): a shared machine's speed drifts by several percent within minutes, and
+an overload magnifies that about threefold. Both are reported; the first is the simulator's
+error as a user meets it (a profile fitted on another sweep), the second its error net of the
+machine's drift.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +28,10 @@ import numpy as np
 
 from ..config.schema import Config
 from ..controller.profile import load_profile
+from .enginelog import EngineLogError, Speed, Steps, speed
 from .loadgen import LoadClient, discover, first_token_held_back, fit_lengths, session
-from .run import simulate
+from .run import build_policy, parse_policy_spec, pick_target
+from .simulator import Simulation
 from .traces import Trace, scale_rate, slice_trace
 
 METRICS = ("ttft_p50", "ttft_p95", "e2e_p50", "e2e_p95", "throughput")
@@ -75,15 +86,17 @@ class Run:
     output: np.ndarray
 
 
-async def replay_live(url: str, trace: Trace, model: str | None, seed: int) -> tuple[Trace, Run, int]:
+async def replay_live(url: str, trace: Trace, model: str | None, seed: int) -> tuple[Trace, Run, int, float]:
     """Replay `trace` (lengths fitted to the model's context) against the server; returns the
-    trace as replayed, what happened, and how many requests failed."""
+    trace as replayed, what happened, how many requests failed, and the wall-clock time
+    (time.time()) of the replay's second 0."""
     async with session() as client:
         endpoint = await discover(client, url, model)
         prompt, output = fit_lengths(trace.prompt_tokens, trace.output_tokens, endpoint.max_model_len)
         trace = Trace(trace.arrival_s, prompt, output, name=trace.name)
         load = LoadClient(client, endpoint, seed)
         await load.complete(16, 2)  # the first request to a fresh server is slow
+        wall = time.time() - time.perf_counter()
         outcomes = await load.replay(trace)
     zero = min(o.sent for o in outcomes) - float(trace.arrival_s[0])
     failed = np.array([o.error is not None for o in outcomes])
@@ -91,7 +104,7 @@ async def replay_live(url: str, trace: Trace, model: str | None, seed: int) -> t
     end = np.array([o.end for o in outcomes]) - zero
     first[failed], end[failed] = np.nan, np.nan
     sent = np.array([o.sent for o in outcomes]) - zero
-    return trace, Run(sent, first, end, output), int(failed.sum())
+    return trace, Run(sent, first, end, output), int(failed.sum()), wall + zero
 
 
 def single_replica_config(profile_path: Path, seed: int) -> Config:
@@ -107,11 +120,25 @@ def single_replica_config(profile_path: Path, seed: int) -> Config:
     })  # fmt: skip
 
 
-def simulate_run(live: Run, trace: Trace, profile_path: Path, seed: int) -> Run:
-    """The replay through the simulator, requests arriving when the client sent them."""
+def simulate_run(live: Run, trace: Trace, profile_path: Path, seed: int, speed: Speed | None = None) -> Run:
+    """The replay through the simulator, requests arriving when the client sent them; with
+    `speed`, every window's steps scaled by the server's measured speed then."""
     order = np.argsort(live.arrival, kind="stable")
     sent = Trace(live.arrival[order], trace.prompt_tokens[order], trace.output_tokens[order])
-    result = simulate(sent, single_replica_config(profile_path, seed), "static")
+    # run.simulate, with a hand on the simulation to change the engine's speed.
+    _, name, config = parse_policy_spec("static", single_replica_config(profile_path, seed))
+    target = pick_target(config, None)
+    profile = load_profile(target.profile)
+    sim = Simulation(sent, config, target, profile, build_policy(name, config, target, profile, sent))
+    if speed is not None:
+        def set_speed(now: float, factor: float) -> None:
+            for pool in sim.pools:
+                for server in pool.servers:
+                    server.engine.set_speed(now, factor)
+
+        for start, factor in speed.windows:
+            sim.schedule(start, set_speed, factor)
+    result = sim.run()
     first, end = np.empty(len(order)), np.empty(len(order))
     first[order] = sent.arrival_s + result.ttft
     end[order] = sent.arrival_s + result.e2e
@@ -152,14 +179,25 @@ class FidelityOptions:
     burst: Burst | None = None
     model: str | None = None
     seed: int = 0
+    engine_log: Path | None = None  # the server's log of its steps (see the module's doc)
 
 
 def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) -> dict:
     load_profile(str(options.profile))  # a bad profile fails before the replay, not after
     if options.burst is not None:
         trace = options.burst.apply(trace, options.seed)
-    replayed, live, failed = asyncio.run(replay_live(url, trace, options.model, options.seed))
+    if options.engine_log is not None and not options.engine_log.is_file():
+        raise EngineLogError(f"engine log {options.engine_log}: no such file")
+    before = options.engine_log.stat().st_size if options.engine_log else 0  # steps logged so far
+    replayed, live, failed, zero = asyncio.run(replay_live(url, trace, options.model, options.seed))
     simulated = simulate_run(live, replayed, options.profile, options.seed)
+    measured, at_speed, unmeasured = None, None, None
+    if options.engine_log is not None:
+        try:
+            measured = engine_speed(options.engine_log, before, zero, float(np.nanmax(live.end)))
+            at_speed = simulate_run(live, replayed, options.profile, options.seed, measured)
+        except EngineLogError as exc:  # the replay's figures stand without it
+            unmeasured = f"{options.engine_log}: {exc}"
     lateness = live.arrival - replayed.arrival_s
     held_back = first_token_held_back(live.arrival, live.first, live.end, live.output)
     report = {
@@ -171,17 +209,34 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
         "load_average": os.getloadavg()[0],
         "stretches": compare(live, simulated, options.burst),
     }  # fmt: skip
+    if measured is not None and at_speed is not None:
+        report["at_measured_speed"] = {"speed": measured.summary(),
+                                       "stretches": compare(live, at_speed, options.burst)}  # fmt: skip
+    elif unmeasured is not None:
+        report["at_measured_speed"] = {"error": unmeasured}
     write_report(report, live, simulated, options.burst, out)
-    save_runs(replayed, live, simulated, out / "fidelity-requests.csv")
+    save_runs(replayed, live, simulated, out / "fidelity-requests.csv", at_speed)
     return report
 
 
-def save_runs(trace: Trace, live: Run, simulated: Run, path: Path) -> None:
-    """Per request: as replayed, what the server did and what the simulator did (seconds)."""
+def engine_speed(log: Path, replay_from: int, zero: float, duration_s: float) -> Speed:
+    """The server's speed during the replay from its log: the steps logged before byte
+    `replay_from` are the reference, those from wall-clock `zero` on the replay's."""
+    with log.open("rb") as f:
+        earlier = f.read(replay_from).decode(errors="replace").splitlines()
+        later = f.read().decode(errors="replace").splitlines()
+    return speed(Steps.parse(earlier), Steps.parse(later), zero, duration_s)
+
+
+def save_runs(trace: Trace, live: Run, simulated: Run, path: Path, at_speed: Run | None = None) -> None:
+    """Per request: as replayed, what the server did and what the simulator did (seconds);
+    and at the server's measured speed, if known."""
     columns = {
         "arrival_s": live.arrival, "prompt_tokens": trace.prompt_tokens, "output_tokens": trace.output_tokens,
         "live_first_s": live.first, "live_end_s": live.end, "sim_first_s": simulated.first, "sim_end_s": simulated.end,
     }  # fmt: skip
+    if at_speed is not None:
+        columns |= {"speed_sim_first_s": at_speed.first, "speed_sim_end_s": at_speed.end}
     np.savetxt(path, np.column_stack(list(columns.values())), delimiter=",", fmt="%.6f",
                header=",".join(columns), comments="")  # fmt: skip
 
@@ -203,6 +258,21 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
             unit = "tok/s" if k == "throughput" else "s"
             lines.append(f"| {stretch} | {k} ({unit}) | {r['live'][k]:.3f} | {r['simulated'][k]:.3f} | "
                          f"{r['relative_error'][k]:+.1%} |")  # fmt: skip
+    if "error" in report.get("at_measured_speed", {}):
+        lines += ["", f"The server's speed during the replay is unknown: {report['at_measured_speed']['error']}"]
+    elif "at_measured_speed" in report:
+        at = report["at_measured_speed"]
+        sp = at["speed"]
+        lines += [
+            "", f"At the speed the server had during the replay (its steps' time against the steps it "
+            f"logged before, per {sp['window_s']:g}-s window: x{sp['min']:.3f} to x{sp['max']:.3f}, "
+            f"x{sp['overall']:.3f} overall):", "",
+            "| stretch | figure | live | simulated | error |", "|---|---|---:|---:|---:|",
+        ]  # fmt: skip
+        for stretch, r in at["stretches"].items():
+            for k in METRICS:
+                lines.append(f"| {stretch} | {k} | {r['live'][k]:.3f} | {r['simulated'][k]:.3f} | "
+                             f"{r['relative_error'][k]:+.1%} |")  # fmt: skip
     lines += ["", "![fidelity](fidelity.png)", ""]
     (out / "fidelity.md").write_text("\n".join(lines))
     plot(live, simulated, burst, out / "fidelity.png")

@@ -6,8 +6,11 @@ then `vllm-autoscaler fidelity` replays another part of that trace in real time 
 rate-scaled to what the server takes, with a burst that overloads it, and through the
 simulator with the fitted profile. Prints TTFT p50/p95, E2E p50/p95 and throughput errors of
 the normal and the overloaded stretch, and the machine's load average (the machine is shared:
-the figures are noisy). Takes about 7 minutes.
-Run: `.venv/bin/python tests/benchmarks/bench_fidelity.py [--endpoint URL] [--out DIR]`.
+the figures are noisy). The server it starts logs its steps (`--enable-logging-iteration-details`):
+the errors are printed again for the simulator run at the speed the server had during the
+replay (`fidelity --engine-log`), with the range of that speed against the sweep's. Takes about
+6 minutes.
+Run: `.venv/bin/python tests/benchmarks/bench_fidelity.py [--endpoint URL [--engine-log FILE]] [--out DIR]`.
 """
 
 from __future__ import annotations
@@ -38,12 +41,13 @@ def run(*args: str) -> None:
         raise SystemExit(f"vllm-autoscaler {args[0]} failed:\n{done.stderr[-3000:]}")
 
 
-def measure(endpoint: str, out: Path) -> dict:
+def measure(endpoint: str, out: Path, engine_log: Path | None) -> dict:
     loads = [os.getloadavg()[0]]
     run("profile", "--endpoint", endpoint, "--out", str(out / "cpu-tiny.yaml"), *PROFILE_ARGS)
     loads.append(os.getloadavg()[0])
+    log_args = ["--engine-log", str(engine_log)] if engine_log else []
     run("fidelity", "--endpoint", endpoint, "--profile", str(out / "cpu-tiny.yaml"),
-        "--out", str(out / "fidelity"), *FIDELITY_ARGS)  # fmt: skip
+        "--out", str(out / "fidelity"), *FIDELITY_ARGS, *log_args)  # fmt: skip
     loads.append(os.getloadavg()[0])
     report = json.loads((out / "fidelity" / "fidelity.json").read_text())
     report["load_averages"] = loads
@@ -51,12 +55,18 @@ def measure(endpoint: str, out: Path) -> dict:
 
 
 def started_server(workdir: Path):
+    """The tests' CPU vLLM server, logging its steps with epoch times (for `--engine-log`)."""
     sys.path.insert(0, str(TESTS))
     from fixtures.realparts import TINY_MODEL, VLLM_PYTHON, VllmServer
+
+    from vllm_autoscaler.simulations.enginelog import LOGGING_CONFIG
 
     if not (VLLM_PYTHON.exists() and TINY_MODEL.is_dir()):
         raise SystemExit("no vLLM venv or tiny model: run `bash tests/setup_real_parts.sh`")
     server = VllmServer(workdir / "vllm.log")
+    server.argv.append("--enable-logging-iteration-details")
+    (workdir / "logging.json").write_text(json.dumps(LOGGING_CONFIG))
+    server.env["VLLM_LOGGING_CONFIG_PATH"] = str(workdir / "logging.json")
     server.start()
     return server
 
@@ -64,6 +74,7 @@ def started_server(workdir: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--endpoint", help="a running vLLM server (default: start the tests' one)")
+    parser.add_argument("--engine-log", type=Path, help="that server's log of its steps, if it keeps one")
     parser.add_argument("--out", type=Path, help="keep the profile and reports here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,15 +82,27 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         server = None if args.endpoint else started_server(Path(tmp))
         try:
-            report = measure(args.endpoint or server.url, out)
+            report = measure(args.endpoint or server.url, out, args.engine_log or (server and server.log))
         finally:
             if server is not None:
                 server.stop()
     print(f"simulator fidelity against a CPU vLLM server (goal: every error <= {GOAL:.0%}); "
           f"{report['requests']} requests replayed, load average "
           f"{' / '.join(f'{x:.1f}' for x in report['load_averages'])} (start / after profile / end)")
+    show(report["stretches"])
+    at_speed = report.get("at_measured_speed", {})
+    if "stretches" in at_speed:
+        speed = at_speed["speed"]
+        print(f"at the speed the server had during the replay (x{speed['min']:.3f} to x{speed['max']:.3f} "
+              f"per {speed['window_s']:g} s, x{speed['overall']:.3f} overall, against its steps in the sweep):")
+        show(at_speed["stretches"])
+    elif "error" in at_speed:
+        print(f"the server's speed during the replay is unknown: {at_speed['error']}")
+
+
+def show(stretches: dict) -> None:
     for stretch in ("normal", "overloaded"):
-        errors = report["stretches"][stretch]["relative_error"]
+        errors = stretches[stretch]["relative_error"]
         worst = max(abs(e) for e in errors.values())
         figures = ", ".join(f"{name} {error:+.1%}" for name, error in errors.items())
         print(f"  {stretch:>10}: {figures}  (worst {worst:.1%}{' ok' if worst <= GOAL else ''})")
