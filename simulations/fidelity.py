@@ -241,6 +241,17 @@ def save_runs(trace: Trace, live: Run, simulated: Run, path: Path, at_speed: Run
                header=",".join(columns), comments="")  # fmt: skip
 
 
+def error_table(stretches: dict) -> list[str]:
+    """Markdown rows: each stretch's figures live and simulated, and the relative error."""
+    rows = ["| stretch | figure | live | simulated | error |", "|---|---|---:|---:|---:|"]
+    for stretch, r in stretches.items():
+        for k in METRICS:
+            unit = "tok/s" if k == "throughput" else "s"
+            rows.append(f"| {stretch} | {k} ({unit}) | {r['live'][k]:.3f} | {r['simulated'][k]:.3f} | "
+                        f"{r['relative_error'][k]:+.1%} |")  # fmt: skip
+    return rows
+
+
 def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "fidelity.json").write_text(json.dumps(report, indent=2))
@@ -251,13 +262,8 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
         f"{report['failed_live']}; client send lateness p95 {report['send_lateness_p95_s'] * 1e3:.1f} ms; "
         f"first token held back to the end by the server: {report['first_token_held_back_live']:.0%} of "
         f"requests; load average {report['load_average']:.1f}.", "",
-        "| stretch | figure | live | simulated | error |", "|---|---|---:|---:|---:|",
     ]  # fmt: skip
-    for stretch, r in report["stretches"].items():
-        for k in METRICS:
-            unit = "tok/s" if k == "throughput" else "s"
-            lines.append(f"| {stretch} | {k} ({unit}) | {r['live'][k]:.3f} | {r['simulated'][k]:.3f} | "
-                         f"{r['relative_error'][k]:+.1%} |")  # fmt: skip
+    lines += error_table(report["stretches"])
     if "error" in report.get("at_measured_speed", {}):
         lines += ["", f"The server's speed during the replay is unknown: {report['at_measured_speed']['error']}"]
     elif "at_measured_speed" in report:
@@ -267,12 +273,8 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
             "", f"At the speed the server had during the replay (its steps' time against the steps it "
             f"logged before, per {sp['window_s']:g}-s window: x{sp['min']:.3f} to x{sp['max']:.3f}, "
             f"x{sp['overall']:.3f} overall):", "",
-            "| stretch | figure | live | simulated | error |", "|---|---|---:|---:|---:|",
         ]  # fmt: skip
-        for stretch, r in at["stretches"].items():
-            for k in METRICS:
-                lines.append(f"| {stretch} | {k} | {r['live'][k]:.3f} | {r['simulated'][k]:.3f} | "
-                             f"{r['relative_error'][k]:+.1%} |")  # fmt: skip
+        lines += error_table(at["stretches"])
     lines += ["", "![fidelity](fidelity.png)", ""]
     (out / "fidelity.md").write_text("\n".join(lines))
     plot(live, simulated, burst, out / "fidelity.png")
