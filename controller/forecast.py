@@ -1,6 +1,7 @@
 """Arrival-rate forecast with an upper band, over each pool's lead time.
 
-Holt's linear smoothing (level + trend) of the measured rate, a seasonal-naive term once a
+Holt's linear smoothing (level + trend) of the measured rate, the trend extrapolated only
+where it stands out of the counting noise of Poisson arrivals, a seasonal-naive term once a
 full season (a day) of history exists, and an EWMA of one-step under-forecasts for the band.
 A burst seen in the latest tick is never averaged away: the band's top is at least the
 latest measurement.
@@ -8,8 +9,14 @@ latest measurement.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from dataclasses import dataclass
+
+# The trend counts only beyond this many standard errors of a slope fitted to Poisson
+# arrivals over the window.
+TREND_NOISE_Z = 2.0
+TREND_WINDOW_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +76,22 @@ class RateForecaster:
             return None
         return self.rates[min(bisect_left(self.times, then), len(self.times) - 1)]
 
+    def significant_trend(self) -> float:
+        """The trend less TREND_NOISE_Z standard errors of a slope fitted to Poisson arrivals
+        at the current level over TREND_WINDOW_S (0 when within them): the slope of a noisy
+        level wanders, and over a pod's lead time of minutes that wander alone would be worth
+        a replica; a real ramp keeps the slope well above it."""
+        ticks = max(round(TREND_WINDOW_S / self.tick_s), 2)
+        # A tick's measured rate counts level * tick_s arrivals (variance level / tick_s);
+        # the spread of `ticks` equally spaced times around their mean:
+        spread = self.tick_s**2 * (ticks**3 - ticks) / 12
+        noise = TREND_NOISE_Z * math.sqrt(max(self.level or 0.0, 0.0) / self.tick_s / spread)
+        return math.copysign(max(abs(self.trend) - noise, 0.0), self.trend)
+
     def forecast(self, now: float, horizon_s: float) -> Forecast:
         if self.level is None:
             return Forecast(0.0, 0.0, 0.0)
-        point = max(self.level + self.trend * horizon_s, 0.0)
+        point = max(self.level + self.significant_trend() * horizon_s, 0.0)
         seasonal = self._seasonal(now + horizon_s)
         if seasonal is not None:
             point = max(point, seasonal)

@@ -247,8 +247,11 @@ class ControllerPolicy:
             return None
         band = self.forecaster.forecast(now, k8s.startup_seconds.high + self.tick_s)
         details.update(k8s_forecast=band.point, k8s_upper=band.upper)
+        lead = k8s.startup_seconds.high + self.tick_s
+        rising = self.forecaster.significant_trend() * lead / capacity  # replicas' worth the trend adds
         if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
-            return max(self._replicas(band.upper + backlog_rate, capacity), floor)
+            needed = self._replicas_worth(band.upper + backlog_rate, capacity)
+            return max(self._tolerate(needed, asked, rising), floor)
         # Hybrid: the base layer — load present often enough that an hourly-billed pod beats
         # per-second Modal; what exceeds the pods spills over to Modal. A Modal container
         # stays billed for its scaledown window after each use, so a layer counts as present
@@ -259,8 +262,6 @@ class ControllerPolicy:
         )
         base = min(base, band.upper)
         details["k8s_base_rate"] = base
-        lead = k8s.startup_seconds.high + self.tick_s
-        rising = self.forecaster.trend * lead / capacity  # replicas' worth the trend adds
         return max(self._tolerate(base / capacity, asked, rising), self.burst_reserve.level)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
@@ -290,16 +291,20 @@ class ControllerPolicy:
             modal_min = self.modal_guard.apply(modal_min, modal_min if last is None else last, now)
         return k8s, modal_min
 
+    def _replicas_worth(self, rate: float, capacity: float) -> float:
+        return rate * (1 + self.p.headroom) / (capacity * self.p.target_utilization)
+
     def _replicas(self, rate: float, capacity: float) -> int:
-        return math.ceil(rate * (1 + self.p.headroom) / (capacity * self.p.target_utilization))
+        return math.ceil(self._replicas_worth(rate, capacity))
 
     def _tolerate(self, needed: float, asked: int, rising: float) -> int:
-        """Pods for a base layer of `needed` replicas' worth. As the HPA's tolerance does, a
-        rise within `hysteresis` of the pods already asked for keeps them: on a flat load it
-        is the sampling noise of the measured rate, Modal takes the excess within seconds,
+        """Pods for `needed` replicas' worth. As the HPA's tolerance does, a rise within
+        `hysteresis` of the pods already asked for keeps them: on a flat load it is the
+        sampling noise of the measured rate (the capacity per replica is sized for Poisson
+        arrivals already; with Modal beside the pods it takes the excess within seconds),
         and a pod started for it arrives minutes later. Not on a ramp (the trend alone adds
         `rising` replicas' worth over a pod's lead time, as much as the tolerance): there every
-        rise is load. (Alone on Kubernetes every rise counts: a missing pod is minutes of misses.)"""
+        rise is load. Pressure still adds pods through the correction and the backlog."""
         pods = math.ceil(needed)
         tolerance = self.p.hysteresis * asked
         if pods > asked and needed <= asked + tolerance and rising < tolerance:

@@ -1,7 +1,8 @@
-"""The base-load estimate the hybrid plan puts on Kubernetes."""
+"""The arrival-rate forecast: its trend over a pod's lead time and the base-load estimate."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from vllm_autoscaler.controller.forecast import RateForecaster
@@ -32,3 +33,32 @@ def test_a_held_peak_counts_as_present_for_the_hold_time():
 
 def test_no_history_is_zero():
     assert history([]).recent_quantile(0, 600, 0.3, hold_s=60) == 0.0
+
+
+def measured(rates, tick_s=15.0, window_s=60.0, seed=0) -> list[float]:
+    """What a Prometheus rate over `window_s` reads each tick for Poisson arrivals at `rates`."""
+    counts = np.random.default_rng(seed).poisson(np.repeat(rates, tick_s))  # per second
+    ends = np.arange(tick_s, len(counts) + 1, tick_s, dtype=int)
+    return [counts[max(end - int(window_s), 0) : end].sum() / min(window_s, end) for end in ends]
+
+
+def test_on_a_flat_load_the_trend_adds_no_pods_worth_over_a_pods_lead():
+    # 5 req/s for an hour: Holt's raw slope wanders ~0.5 req/s over 8 minutes (a pod's lead,
+    # about half a replica), the significant trend stays within a tenth of that.
+    f = RateForecaster(15.0, 0.3, 0.05, 0.1, 1.0)
+    raw, gated = [], []
+    for i, rate in enumerate(measured([5.0] * 240)):
+        f.update(rate, i * 15.0)
+        if i >= 40:
+            raw.append(abs(f.trend) * 495)
+            gated.append(abs(f.significant_trend()) * 495)
+    assert np.percentile(raw, 90) > 0.4
+    assert np.percentile(gated, 90) < 0.05
+
+
+def test_a_ramp_keeps_more_than_half_its_trend():
+    # 2 -> 20 req/s over 20 minutes: 0.015 req/s per second.
+    f = RateForecaster(15.0, 0.3, 0.05, 0.1, 1.0)
+    for i, rate in enumerate(measured(np.linspace(2.0, 20.0, 80))):
+        f.update(rate, i * 15.0)
+    assert f.significant_trend() > 0.5 * f.trend > 0.5 * 0.012
