@@ -205,7 +205,8 @@ def tune(
         f"{best['slo_attainment']:.2%} on the tuning part; held out:"
     )
     for name, s in report["held_out"].items():
-        console.print(f"  {name:>12}: ${s['cost_total']:.2f}, SLO attainment {s['slo_attainment']:.2%}")
+        pods = f" ({s['kubernetes_replicas']} pods)" if "kubernetes_replicas" in s else ""
+        console.print(f"  {name:>12}: ${s['cost_total']:.2f}, SLO attainment {s['slo_attainment']:.2%}{pods}")
     console.print(f"-> {out}/tuned.yaml, {out}/tune.json, {out}/pareto.png")
 
 

@@ -63,6 +63,14 @@ def pick_target(config: Config, name: str | None) -> Target:
     raise ConfigError(f"no target named {name!r}; targets: {[t.name for t in config.targets]}")
 
 
+def edit_target(config: Config, target_name: str | None, edit: Callable[[dict], None]) -> Config:
+    """A copy of the config with one target's section changed by `edit` (on its plain data)."""
+    index = config.targets.index(pick_target(config, target_name))
+    data = config.model_dump(mode="json")
+    edit(data["targets"][index])
+    return validate_config(data, "edited config")
+
+
 def simulate(
     trace: Trace,
     config: Config,

@@ -26,10 +26,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config.loader import validate_config
 from ..config.schema import Config, Target
 from ..controller.profile import load_profile
-from .run import compare, pick_target, simulate
+from .hindsight import cheapest_static_pool
+from .run import compare, edit_target, pick_target, simulate
 from .traces import Trace, slice_trace
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
@@ -61,6 +61,7 @@ OPTIONAL_SPACE: dict[str, FloatDistribution] = {
 }
 GPU_PARAM = "gpu"
 BASELINES = ("hpa", "modal-only", "static-peak", "oracle")
+RIGHT_SIZED = "right-sized static (hindsight)"
 POLL_SECONDS = 0.5
 
 
@@ -119,14 +120,6 @@ class TuneOptions:
 
 
 # ---- configs -------------------------------------------------------------------------------
-def edit_target(config: Config, target_name: str | None, edit: Callable[[dict], None]) -> Config:
-    """A copy of the config with one target's section changed by `edit` (on its plain data)."""
-    index = config.targets.index(pick_target(config, target_name))
-    data = config.model_dump(mode="json")
-    edit(data["targets"][index])
-    return validate_config(data, "tuned config")
-
-
 def automatic(name: str) -> str:
     return f"{name}_automatic"
 
@@ -330,12 +323,17 @@ def check_reachable(trace: Trace, config: Config, target_name: str | None) -> di
 def evaluate_held_out(
     trace: Trace, config: Config, tuned: Config, target_name: str | None, workers: int
 ) -> dict[str, dict]:
-    """Tuned vs default controller vs the baselines, on the part no trial has seen."""
+    """Tuned vs default controller vs the baselines, on the part no trial has seen; and the
+    cheapest fixed pool that met the SLO there, found with hindsight: how much room was left."""
     specs = ["controller", *baselines_for(pick_target(config, target_name))]
     results = compare(trace, config, specs, target_name, workers=min(workers, len(specs)))
     summaries = {"default": results.pop("controller").summary}
     summaries["tuned"] = simulate(trace, tuned, "controller", target_name).summary
-    return summaries | {name: result.summary for name, result in results.items()}
+    summaries |= {name: result.summary for name, result in results.items()}
+    if static := cheapest_static_pool(trace, config, target_name):
+        pods, summary = static
+        summaries[RIGHT_SIZED] = summary | {"kubernetes_replicas": pods}
+    return summaries
 
 
 def tune(

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from vllm_autoscaler.config.loader import load_config, shipped_path
 from vllm_autoscaler.simulations import generators
+from vllm_autoscaler.simulations.hindsight import cheapest_static_pool, fewest_pods
 from vllm_autoscaler.simulations.report import write_comparison
 from vllm_autoscaler.simulations.run import compare, simulate
 from vllm_autoscaler.simulations.traces import load_trace
@@ -39,35 +40,6 @@ def scenarios(quick: bool):
     yield "step", generators.step(rates=(2, 8, 4, 10, 3), step_duration_s=2400, seed=3)
     yield "spiky", generators.spiky_daily(base_rate_per_s=1, peak_rate_per_s=10, peak_hours_per_day=3,
                                     duration_s=hours * 3600, seed=4)
-
-
-def static_run(trace, config, pods: int) -> dict:
-    return simulate(trace, config, f"static:kubernetes_replicas={pods}").summary
-
-
-def right_sized_static(trace, k8s_only) -> tuple[int, dict] | None:
-    """On Kubernetes alone, the fewest pods (the cheapest pool) reaching the SLO, by bisection
-    (attainment rises with the pool); None if even the largest pool misses it."""
-    target = k8s_only.targets[0]
-    low, high = 0, target.kubernetes.max_replicas  # `low` misses the SLO, `high` may not
-    runs = {high: static_run(trace, k8s_only, high)}
-    if runs[high]["slo_attainment"] < target.slo.attainment:
-        return None
-    while high - low > 1:
-        mid = (low + high) // 2
-        runs[mid] = static_run(trace, k8s_only, mid)
-        low, high = (low, mid) if runs[mid]["slo_attainment"] >= target.slo.attainment else (mid, high)
-    return high, runs[high]
-
-
-def cheapest_hybrid_static(trace, config, k8s_only_pods: int) -> tuple[int, dict] | None:
-    """On the hybrid target, fewer pods reach the SLO with Modal taking the rest, at a
-    price: the cheapest pool that reaches it, from the Kubernetes-alone size down."""
-    target = config.targets[0]
-    runs = {n: static_run(trace, config, n) for n in range(max(k8s_only_pods - 3, 0), k8s_only_pods + 1)}
-    ok = {n: r for n, r in runs.items() if r["slo_attainment"] >= target.slo.attainment}
-    best = min(ok, key=lambda n: ok[n]["cost_total"], default=None)
-    return None if best is None else (best, ok[best])
 
 
 def verdict(results: dict, k8s_only: dict, static: tuple | None, static_k8s_only: tuple | None) -> dict:
@@ -125,9 +97,8 @@ def main() -> None:
     table = {}
     for name, trace in scenarios(args.quick):
         results = compare(trace, config, POLICIES, workers=2)
-        alone_static = right_sized_static(trace, k8s_only)
-        pods = alone_static[0] if alone_static else k8s_only.targets[0].kubernetes.max_replicas
-        hybrid_static = cheapest_hybrid_static(trace, config, pods)
+        alone_static = fewest_pods(trace, k8s_only)
+        hybrid_static = cheapest_static_pool(trace, config, fewest=alone_static)
         table[name] = row = verdict(
             results, compare(trace, k8s_only, alone, workers=2), hybrid_static, alone_static
         )

@@ -14,6 +14,7 @@ from vllm_autoscaler.controller.profile import ProfileError
 from vllm_autoscaler.simulations.run import simulate
 from vllm_autoscaler.simulations.traces import Trace, save_trace
 from vllm_autoscaler.simulations.tune import (
+    RIGHT_SIZED,
     GpuChoice,
     TuneError,
     TuneOptions,
@@ -73,7 +74,7 @@ def test_tuned_yaml_loads_and_reproduces_the_held_out_result(tmp_path):
     assert again["cost_total"] == pytest.approx(report["held_out"]["tuned"]["cost_total"])
     assert again["slo_attainment"] == report["held_out"]["tuned"]["slo_attainment"]
     on_disk = json.loads((tmp_path / "tune.json").read_text())
-    assert set(on_disk["held_out"]) == {"tuned", "default", "hpa", "modal-only", "static-peak", "oracle"}
+    assert set(on_disk["held_out"]) == {"tuned", "default", "hpa", "modal-only", "static-peak", "oracle", RIGHT_SIZED}
     assert on_disk["study"]["trials"] == 4 and on_disk["wall_seconds"] > 0
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
