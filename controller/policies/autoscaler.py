@@ -265,7 +265,9 @@ class ControllerPolicy:
         return max(self._tolerate(base / capacity, asked, rising), self.burst_reserve.level)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
-        """Warm containers Modal's own request-driven scaling would be too late for."""
+        """Warm containers Modal's own request-driven scaling would be too late for; the
+        pool's `buffer_containers` is a floor on the buffer (idle containers bought ahead of
+        sudden bursts, which only capacity already warm serves within the TTFT SLO)."""
         modal = self.target.modal_pool
         if not modal:
             return None, None
@@ -277,10 +279,10 @@ class ControllerPolicy:
             ready, desired = k8s
             gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0) + backlog_rate
             details["modal_gap_rate"] = gap
-            return self._replicas(gap, capacity), 0
+            return self._replicas(gap, capacity), modal.buffer_containers
         wanted = max(self._replicas(band.point + backlog_rate, capacity), floor)
         spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
-        return wanted, math.ceil(self.p.modal_buffer_fraction * spread)
+        return wanted, max(math.ceil(self.p.modal_buffer_fraction * spread), modal.buffer_containers)
 
     def _guard(self, observation: Observation, now: float, k8s, modal_min):
         if self.k8s_guard and k8s is not None:

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -229,3 +230,12 @@ def test_an_overload_that_the_mean_rate_explains_is_no_burst():
         now = i * TICK
         d = p.decide(observe(now, 6.0, (4, 0, 4), ttft=9.0), now)
     assert d.reason.details["burst_reserve"] == 0
+
+
+@pytest.mark.parametrize("pools", [[], ["targets.0.kubernetes=null"]], ids=["hybrid", "modal alone"])
+def test_the_pools_buffer_containers_is_a_floor_on_the_buffer(pools):
+    # Idle containers the user buys ahead of sudden bursts stay, whatever the forecast says.
+    p = policy(*pools, "targets.0.modal.buffer_containers=3")
+    decisions = replay(p, [0.5] * 20 + [30.0] * 5 + [0.5] * 20)
+    assert all(d.modal_buffer_containers >= 3 for d in decisions)
+    assert all(d.modal_buffer_containers >= 0 for d in replay(policy(*pools), [0.5] * 20))
