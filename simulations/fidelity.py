@@ -4,7 +4,10 @@ A slice of a trace is replayed in real time against a live vLLM endpoint, and th
 simulator (one static replica with the given profile, no autoscaling) with the very arrival
 times at which the client sent each request. An optional burst multiplies the request rate
 over a stretch so that requests queue: the report splits every figure into the normal and the
-overloaded stretch (by arrival).
+overloaded stretch, by arrival. The overloaded stretch runs from the burst's start until the
+live server's queue has drained after it: the first arrival after the burst at which every
+request sent before it had its first token (`drained_at`); those arriving in between wait for
+the burst's backlog. The split is the live server's, the same for the simulator's figures.
 
 With the server's log of its steps (`engine_log`: vLLM with
 `--enable-logging-iteration-details`), the report also gives the figures of the simulator run
@@ -72,8 +75,9 @@ class Burst:
         arrival, prompt, output = (np.concatenate(c) for c in zip(*parts))
         return Trace(arrival, prompt, output, name=trace.name)
 
-    def covers(self, arrival_s: np.ndarray) -> np.ndarray:
-        return (arrival_s >= self.start_s) & (arrival_s < self.end_s)
+    def covers(self, arrival_s: np.ndarray, until_s: float | None = None) -> np.ndarray:
+        """Arrivals in the burst, or from its start to `until_s` (when its backlog drained)."""
+        return (arrival_s >= self.start_s) & (arrival_s < (self.end_s if until_s is None else until_s))
 
 
 @dataclass(frozen=True)
@@ -157,12 +161,31 @@ def figures(run: Run, chosen: np.ndarray) -> dict[str, float]:
     }  # fmt: skip
 
 
+def drained_at(run: Run, after_s: float) -> float:
+    """The first arrival from `after_s` on at which no request sent before it is still waiting
+    for its first token in `run` (failed ones aside): the queue has drained. inf if none."""
+    order = np.argsort(run.arrival, kind="stable")
+    arrival = run.arrival[order]
+    first = np.nan_to_num(run.first[order], nan=-np.inf)
+    # The latest first token of the requests sent before each one.
+    before = np.concatenate(([-np.inf], np.maximum.accumulate(first)[:-1]))
+    drained = np.flatnonzero((arrival >= after_s) & (before <= arrival))
+    return float(arrival[drained[0]]) if len(drained) else float("inf")
+
+
+def overloaded_until(live: Run, burst: Burst) -> float:
+    """Where the overloaded stretch ends: when the live server's queue drained after the burst."""
+    return max(burst.end_s, drained_at(live, burst.end_s))
+
+
 def compare(live: Run, simulated: Run, burst: Burst | None) -> dict[str, dict]:
-    """Per stretch (all, normal, overloaded): live and simulated figures, relative errors."""
+    """Per stretch (all, normal, overloaded): live and simulated figures, relative errors. The
+    overloaded stretch: arrivals from the burst's start until the live server's queue drained."""
     everything = np.ones(len(live.arrival), bool)
     stretches = {"all": everything}
     if burst is not None:
-        stretches |= {"normal": ~burst.covers(live.arrival), "overloaded": burst.covers(live.arrival)}
+        overloaded = burst.covers(live.arrival, overloaded_until(live, burst))
+        stretches |= {"normal": ~overloaded, "overloaded": overloaded}
     report = {}
     for name, chosen in stretches.items():
         if not chosen.any():
@@ -204,6 +227,7 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
         "endpoint": url, "profile": str(options.profile), "trace": trace.name,
         "requests": len(replayed), "failed_live": failed,
         "burst": None if options.burst is None else vars(options.burst),
+        "overloaded_until_s": None if options.burst is None else overloaded_until(live, options.burst),
         "send_lateness_p95_s": float(np.percentile(lateness, 95)),
         "first_token_held_back_live": float(held_back.mean()),
         "load_average": os.getloadavg()[0],
@@ -263,6 +287,11 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
         f"first token held back to the end by the server: {report['first_token_held_back_live']:.0%} of "
         f"requests; load average {report['load_average']:.1f}.", "",
     ]  # fmt: skip
+    if report.get("overloaded_until_s") is not None:
+        b = report["burst"]
+        lines += [f"Burst: x{b['factor']:g} from {b['start_s']:g} s to {b['end_s']:g} s; overloaded stretch: "
+                  f"arrivals from {b['start_s']:g} s until the live server's queue drained, "
+                  f"{report['overloaded_until_s']:.1f} s.", ""]  # fmt: skip
     lines += error_table(report["stretches"])
     if "error" in report.get("at_measured_speed", {}):
         lines += ["", f"The server's speed during the replay is unknown: {report['at_measured_speed']['error']}"]
@@ -277,10 +306,10 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
         lines += error_table(at["stretches"])
     lines += ["", "![fidelity](fidelity.png)", ""]
     (out / "fidelity.md").write_text("\n".join(lines))
-    plot(live, simulated, burst, out / "fidelity.png")
+    plot(live, simulated, burst, report.get("overloaded_until_s"), out / "fidelity.png")
 
 
-def plot(live: Run, simulated: Run, burst: Burst | None, path: Path) -> None:
+def plot(live: Run, simulated: Run, burst: Burst | None, until_s: float | None, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -293,6 +322,9 @@ def plot(live: Run, simulated: Run, burst: Burst | None, path: Path) -> None:
     for ax in (top, bottom):
         if burst is not None:
             ax.axvspan(burst.start_s, burst.end_s, color="orange", alpha=0.15, label="burst")
+            if until_s is not None and until_s > burst.end_s:
+                end = min(until_s, float(np.max(live.arrival)))
+                ax.axvspan(burst.end_s, end, color="orange", alpha=0.06, label="its backlog (overloaded)")
         ax.set_yscale("log")
     top.set(ylabel="TTFT (s)", title="Per request, by arrival: live server against the simulator")
     bottom.set(ylabel="E2E latency (s)", xlabel="arrival (s into the replay)")
