@@ -3,13 +3,14 @@
 A CPU vLLM server with the tiny model (the tests' real part, or `--endpoint URL`) is profiled
 by `vllm-autoscaler profile` (closed-loop sweep, lengths from the Azure conversation trace),
 then `vllm-autoscaler fidelity` replays another part of that trace in real time against it,
-rate-scaled to what the server takes, with a burst that overloads it, and through the
+rate-scaled to what the server takes, with a burst early on that overloads it, and through the
 simulator with the fitted profile. Prints TTFT p50/p95, E2E p50/p95 and throughput errors of
-the normal and the overloaded stretch, and the machine's load average (the machine is shared:
-the figures are noisy). The server it starts logs its steps (`--enable-logging-iteration-details`):
+the normal and the overloaded stretch (arrivals from the burst's start until the live server's
+queue has drained after it; the rest, several hundred requests, is the normal stretch), and the
+machine's load average (the machine is shared: the figures are noisy). The server it starts logs its steps (`--enable-logging-iteration-details`):
 the errors are printed again for the simulator run at the speed the server had during the
 replay (`fidelity --engine-log`), with the range of that speed against the sweep's. Takes about
-6 minutes.
+8 minutes (a 2-minute sweep, a 4-minute replay).
 Run: `.venv/bin/python tests/benchmarks/bench_fidelity.py [--endpoint URL [--engine-log FILE]] [--out DIR]`.
 """
 
@@ -30,8 +31,9 @@ CLI = str(Path(sys.executable).parent / "vllm-autoscaler")
 GOAL = 0.10
 PROFILE_ARGS = ["--trace", str(TRACE), "--concurrency", "1,2,4,8,16", "--duration-per-step", "20",
                 "--seed", "1", "--gpu", "cpu"]  # fmt: skip
-# Two minutes of the trace 20 minutes in, at 0.3 of its rate, five times that for 20 s.
-FIDELITY_ARGS = ["--trace", str(TRACE), "--start", "1200", "--end", "1320", "--rate-scale", "0.3",
+# Four minutes of the trace 20 minutes in, at 0.3 of its rate, five times that for 20 s a minute
+# in (592 requests, 165 of them in the burst).
+FIDELITY_ARGS = ["--trace", str(TRACE), "--start", "1200", "--end", "1440", "--rate-scale", "0.3",
                  "--burst", "60:80:5", "--seed", "2"]  # fmt: skip
 
 
@@ -89,7 +91,12 @@ def main() -> None:
     print(f"simulator fidelity against a CPU vLLM server (goal: every error <= {GOAL:.0%}); "
           f"{report['requests']} requests replayed, load average "
           f"{' / '.join(f'{x:.1f}' for x in report['load_averages'])} (start / after profile / end)")
-    show(report["stretches"])
+    burst, stretches = report["burst"], report["stretches"]
+    print(f"  burst x{burst['factor']:g} over {burst['start_s']:g}-{burst['end_s']:g} s; overloaded stretch: "
+          f"arrivals {burst['start_s']:g}-{report['overloaded_until_s']:.1f} s "
+          f"({stretches['overloaded']['live']['requests']} requests), normal: the other "
+          f"{stretches['normal']['live']['requests']}")
+    show(stretches)
     at_speed = report.get("at_measured_speed", {})
     if "stretches" in at_speed:
         speed = at_speed["speed"]

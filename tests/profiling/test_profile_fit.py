@@ -9,7 +9,7 @@ import yaml
 from synthetic import ClosedLoopStage, sweep
 
 from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile, shipped_profiles
-from vllm_autoscaler.simulations.fidelity import Burst, Run, compare
+from vllm_autoscaler.simulations.fidelity import Burst, Run, compare, drained_at
 from vllm_autoscaler.simulations.loadgen import (
     Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_blocks, kv_cache_tokens,
 )
@@ -236,3 +236,23 @@ def test_fidelity_errors_are_relative_to_the_live_figures():
     assert report["normal"]["live"]["requests"] == 2
     # 20 output tokens of the normal stretch between its first arrival (0) and last end (2).
     assert report["normal"]["live"]["throughput"] == pytest.approx(10.0)
+
+
+def test_the_overloaded_stretch_lasts_until_the_live_queue_drained_after_the_burst():
+    # A burst over [2, 4): the requests sent at 4.0 and 4.5 still wait behind it (the one of
+    # 3.5 has its first token at 5.2); at 6.0 nobody waits any more.
+    arrival = np.array([0.0, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 6.0, 7.0])
+    first = np.array([0.1, 1.1, 2.1, 3.0, 4.0, 5.2, 5.5, 5.9, 6.1, 7.1])
+    output = np.full(len(arrival), 10)
+    live = Run(arrival, first, first + 1.0, output)
+    burst = Burst(2.0, 4.0, 3.0)
+    assert drained_at(live, burst.end_s) == 6.0
+    report = compare(live, live, burst)
+    assert report["overloaded"]["live"]["requests"] == 6  # 2.0 to 4.5
+    assert report["normal"]["live"]["requests"] == 4
+    # A failed request (no first token) is not waiting: without the one of 3.5, the queue has
+    # drained at 4.0 (the one of 3.0 had its first token then). One that never drains: to the end.
+    failed = first.copy()
+    failed[5] = np.nan
+    assert drained_at(Run(arrival, failed, failed + 1.0, output), 4.0) == 4.0
+    assert drained_at(Run(arrival, arrival + 10.0, arrival + 11.0, output), 4.0) == float("inf")
