@@ -21,7 +21,10 @@ profiles without the field were always simulated with.
 `request_overhead_s` is the time a request spends in the server outside the engine (vLLM's
 HTTP front end: parsing, tokenizing, detokenizing, streaming), once per request; it adds to
 TTFT and end-to-end latency but takes no engine time. Default 0: profiles without it (the
-shipped estimates) model the engine alone.
+shipped estimates) model the engine alone. `request_overhead_quantiles_s`, when given, is
+that time's measured spread: its quantiles at equally spaced levels from 0 to 1, each request
+taking its own from them (a front end's time varies from request to request, and at light
+load that spread is most of the TTFT's).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class ReplicaProfile(BaseModel):
     decode_per_seq_s: NonNeg = 0.0
     decode_per_context_token_s: NonNeg = 0.0
     request_overhead_s: NonNeg = 0.0
+    request_overhead_quantiles_s: tuple[NonNeg, ...] = ()
 
     @model_validator(mode="after")
     def _room_for_a_block(self) -> ReplicaProfile:
@@ -67,6 +71,13 @@ class ReplicaProfile(BaseModel):
                 f"kv_cache_tokens {self.kv_cache_tokens} holds fewer than 2 blocks of kv_block_size "
                 f"{self.kv_block_size} (one is vLLM's null block)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _quantiles_rise(self) -> ReplicaProfile:
+        q = self.request_overhead_quantiles_s
+        if len(q) == 1 or any(b < a for a, b in zip(q, q[1:])):
+            raise ValueError(f"request_overhead_quantiles_s must be 2 or more rising values, got {list(q)}")
         return self
 
     def step_seconds(self, batch: int, context_tokens: float, prefill_tokens: int) -> float:

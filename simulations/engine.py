@@ -32,6 +32,8 @@ from ..controller.profile import ReplicaProfile
 # and event times of days), else an event due "in 1e-11 tokens" lands at the same instant
 # and the clock never moves (a Zeno loop).
 EPS = 1e-6
+# frac(n * phi) for n = 1, 2, ... spreads over [0, 1) as evenly as a sequence can.
+GOLDEN_RATIO_FRACTION = 0.6180339887498949
 
 
 class EngineHost(Protocol):
@@ -58,7 +60,7 @@ class Replica:
         "step_s", "in_step", "ctx_base", "version", "load", "busy_since", "busy_s",
         "kv_cap", "block", "blocks", "watermark", "prefill_blocks", "residues", "block_base", "v_full",
         "budget", "owner", "max_seqs", "c_base", "c_seq", "c_ctx",
-        "c_prefill", "events", "seq", "on_step_end", "on_decode", "overhead", "front_end", "on_front_end",
+        "c_prefill", "events", "seq", "on_step_end", "on_decode", "overhead", "overheads", "front_end", "on_front_end",
     )  # fmt: skip
 
     def __init__(self, host: EngineHost, profile: ReplicaProfile, owner: object = None):
@@ -78,6 +80,9 @@ class Replica:
         # The HTTP front end's time per request (vLLM's API server, beside the engine): a
         # request reaches the engine this long after it arrived.
         self.overhead = profile.request_overhead_s
+        # Its spread, if measured: request `req` takes the quantile at level frac(req * phi),
+        # a sequence that covers the levels evenly and needs no random state.
+        self.overheads: list[float] = list(profile.request_overhead_quantiles_s)
         self.front_end: set[int] = set()  # requests in it
         # Events go straight onto the host's heap: up to three per request, where a call to a
         # host method per event costs. Callbacks are bound once, not an allocation per event.
@@ -131,11 +136,18 @@ class Replica:
 
     def enqueue(self, req: int, now: float) -> None:
         self.load += 1
-        if self.overhead > 0:
+        overhead = self._overhead(req) if self.overheads else self.overhead
+        if overhead > 0:
             self.front_end.add(req)
-            heapq.heappush(self.events, (now + self.overhead, next(self.seq), self.on_front_end, req))
+            heapq.heappush(self.events, (now + overhead, next(self.seq), self.on_front_end, req))
             return
         self._to_engine(req, now)
+
+    def _overhead(self, req: int) -> float:
+        q = self.overheads
+        position = (req * GOLDEN_RATIO_FRACTION) % 1.0 * (len(q) - 1)
+        i = int(position)
+        return q[i] if i + 1 == len(q) else q[i] + (q[i + 1] - q[i]) * (position - i)
 
     def _on_front_end(self, now: float, req: int) -> None:
         if req in self.front_end:  # else evicted meanwhile

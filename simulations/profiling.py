@@ -23,6 +23,8 @@ two stages (`fit`):
   meanwhile (their prefill lengthened its steps). End-to-end rather than inter-token
   latency: vLLM may hold streamed tokens back (`--stream-interval`, or a front end short of
   CPU), so only the request's start and end are trusted.
+Its spread (`request_overhead_quantiles_s`) is that of the idle requests' TTFT less one step:
+at light load it is most of the TTFT's spread, which a fixed overhead would flatten.
 The overhead is latency, not engine time (the front end runs beside the engine): without it
 the fit would charge the front end's time to prefill, and the simulator would run out of
 capacity early. Coefficients are kept >= 0, and outliers weigh less (a robust loss).
@@ -61,6 +63,7 @@ WARMUP_REQUESTS = 4  # the first requests to a fresh server are slow (lazy initi
 MAX_FAILED_SHARE = 0.05
 ROBUST_SCALE = 0.1
 TTFT_QUANTILE = 0.25  # of idle TTFT given the prompt: see `fit`
+OVERHEAD_LEVELS = 21  # quantiles of the overhead's spread kept in the profile: every 5%
 WATCH_EVERY_S = 0.25
 
 
@@ -224,6 +227,7 @@ def quantile_nonneg_fit(x: np.ndarray, y: np.ndarray, q: float) -> np.ndarray:
 class Fit:
     coefficients: dict[str, float]  # the profile's
     request_overhead_s: float  # per request, outside the engine: the profile has no room for it
+    request_overhead_quantiles_s: tuple[float, ...]  # its spread over the idle requests
     ttft_error: float  # median |relative error|, TTFT rows
     step_error: float  # rows of mean step time over a request's life
     rows: Rows = field(repr=False)
@@ -261,9 +265,12 @@ def fit(m: Measurements, max_num_seqs: int) -> Fit:
         np.full(life.sum(), np.median(y[life])))  # fmt: skip
     coefficients = dict(zip(COEFFICIENTS, map(float, (base, per_seq, per_context, prefill))))
     overhead = max(float(c0 - base), 0.0)
+    # Each idle request's own time outside the engine: what its TTFT leaves of one step.
+    own = np.maximum(y[ttft] - base - prefill * x[ttft][:, 3], 0.0)
+    spread = tuple(float(v) for v in np.quantile(own, np.linspace(0, 1, OVERHEAD_LEVELS)))
     relative = np.abs(x @ np.r_[list(coefficients.values()), overhead] / y - 1)
     return Fit(
-        coefficients, overhead,
+        coefficients, overhead, spread,
         ttft_error=float(np.median(relative[ttft])), step_error=float(np.median(relative[life])), rows=rows,
     )  # fmt: skip
 
@@ -407,7 +414,8 @@ def build_profile(sweep: Sweep, fitted: Fit, name: str, gpu: str, max_num_seqs: 
         name=name, model=sweep.endpoint.model, gpu=gpu, source=source, max_num_seqs=max_num_seqs[0],
         max_num_batched_tokens=max_num_batched_tokens, kv_cache_tokens=sweep.kv_cache_tokens,
         kv_block_size=sweep.kv_block_size, kv_watermark=kv_watermark,
-        request_overhead_s=fitted.request_overhead_s, **fitted.coefficients,
+        request_overhead_s=fitted.request_overhead_s,
+        request_overhead_quantiles_s=fitted.request_overhead_quantiles_s, **fitted.coefficients,
     )  # fmt: skip
 
 

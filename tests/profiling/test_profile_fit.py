@@ -1,7 +1,9 @@
 """The profile fit recovers a known profile from what a client of such a server measures; the
 pieces around it (decoding state, metrics, bursts, fidelity figures) do what they say."""
 
+from itertools import count
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import yaml
 from synthetic import ClosedLoopStage, sweep
 
 from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile, shipped_profiles
+from vllm_autoscaler.simulations.engine import Replica
 from vllm_autoscaler.simulations.fidelity import Burst, Run, compare, drained_at
 from vllm_autoscaler.simulations.loadgen import (
     Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_blocks, kv_cache_tokens,
@@ -256,3 +259,22 @@ def test_the_overloaded_stretch_lasts_until_the_live_queue_drained_after_the_bur
     failed[5] = np.nan
     assert drained_at(Run(arrival, failed, failed + 1.0, output), 4.0) == 4.0
     assert drained_at(Run(arrival, arrival + 10.0, arrival + 11.0, output), 4.0) == float("inf")
+
+
+def test_the_overheads_spread_is_measured_and_each_request_takes_its_own():
+    # Front-end times spread evenly over 10-30 ms: the engine gives each request its own, and
+    # the fit finds that spread again in the idle requests' TTFT.
+    spread = tuple(np.linspace(0.01, 0.03, 21))
+    profile = known(request_overhead_quantiles_s=spread)
+    replica = Replica(SimpleNamespace(events=[], seq=count()), profile)
+    own = [replica._overhead(req) for req in range(2000)]
+    levels = [0.1, 0.5, 0.9]
+    assert np.quantile(own, levels) == pytest.approx([0.012, 0.02, 0.028], abs=5e-4)
+    q = fit(sweep(profile), 8).request_overhead_quantiles_s
+    assert len(q) == 21 and list(q) == sorted(q)
+    assert np.interp(levels, np.linspace(0, 1, 21), q) == pytest.approx([0.012, 0.02, 0.028], abs=0.002)
+
+
+def test_overhead_quantiles_must_rise():
+    with pytest.raises(ValueError, match="request_overhead_quantiles_s"):
+        known(request_overhead_quantiles_s=(0.02, 0.01))

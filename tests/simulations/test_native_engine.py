@@ -46,6 +46,7 @@ SMALL = PROFILE.model_copy(update={
     "max_num_seqs": 16, "kv_cache_tokens": 6000, "max_num_batched_tokens": 512,
     "prefill_per_token_s": 1e-4, "decode_base_s": 0.01, "decode_per_seq_s": 5e-4,
     "decode_per_context_token_s": 1e-6, "request_overhead_s": 0.004,
+    "request_overhead_quantiles_s": (0.002, 0.003, 0.004, 0.006, 0.012),
 })  # fmt: skip
 
 
