@@ -77,7 +77,7 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
     # (within 10% in three runs on a busy 2-core machine; 27 requests), and close in the
     # overload (within 22%; 55 requests), where the fit of before was 95-133% off in the
     # benchmark. p95s of so few requests rest on one or two of them: not checked here
-    # (tests/benchmarks/bench_fidelity.py measures them on 592).
+    # (tests/benchmarks/bench_fidelity.py measures them on 1087).
     for figure in ("ttft_p50", "e2e_p50"):
         assert normal[figure] == pytest.approx(0, abs=0.25), (figure, normal)
     for figure in ("ttft_p50", "e2e_p50", "throughput"):
