@@ -13,7 +13,7 @@ $(BIN)/vllm-autoscaler: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test,native]'
 	touch $@
 
-# The simulator's engine compiled with mypyc (~1.6x faster; simulations/native.py); a no-op
+# The simulator's engine compiled with mypyc (~1.7x faster; simulations/native.py); a no-op
 # when the compiled copy already matches simulations/engine.py.
 native: $(BIN)/vllm-autoscaler
 	$(BIN)/python -m vllm_autoscaler.simulations.build_native
