@@ -42,6 +42,10 @@ class RateForecaster:
         self.level: float | None = None
         self.trend = 0.0  # requests/s per second
         self.error = 0.0  # EWMA of |one-step error|
+        # The spread (sum of squared deviations) of the trend window's tick times around their
+        # mean, for the standard error of a slope fitted over it.
+        ticks = max(round(TREND_WINDOW_S / tick_s), 2)
+        self.window_spread = tick_s**2 * (ticks**3 - ticks) / 12
         self.latest = 0.0
         self.season_s = season_s
         self.history_s = history_s
@@ -81,11 +85,8 @@ class RateForecaster:
         at the current level over TREND_WINDOW_S (0 when within them): the slope of a noisy
         level wanders, and over a pod's lead time of minutes that wander alone would be worth
         a replica; a real ramp keeps the slope well above it."""
-        ticks = max(round(TREND_WINDOW_S / self.tick_s), 2)
-        # A tick's measured rate counts level * tick_s arrivals (variance level / tick_s);
-        # the spread of `ticks` equally spaced times around their mean:
-        spread = self.tick_s**2 * (ticks**3 - ticks) / 12
-        noise = TREND_NOISE_Z * math.sqrt(max(self.level or 0.0, 0.0) / self.tick_s / spread)
+        # A tick's measured rate counts level * tick_s arrivals (variance level / tick_s).
+        noise = TREND_NOISE_Z * math.sqrt(max(self.level or 0.0, 0.0) / self.tick_s / self.window_spread)
         return math.copysign(max(abs(self.trend) - noise, 0.0), self.trend)
 
     def forecast(self, now: float, horizon_s: float) -> Forecast:

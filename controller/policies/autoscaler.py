@@ -245,9 +245,9 @@ class ControllerPolicy:
         k8s = self.target.kubernetes_pool
         if not k8s:
             return None
-        band = self.forecaster.forecast(now, k8s.startup_seconds.high + self.tick_s)
-        details.update(k8s_forecast=band.point, k8s_upper=band.upper)
         lead = k8s.startup_seconds.high + self.tick_s
+        band = self.forecaster.forecast(now, lead)
+        details.update(k8s_forecast=band.point, k8s_upper=band.upper)
         rising = self.forecaster.significant_trend() * lead / capacity  # replicas' worth the trend adds
         if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
             needed = self._replicas_worth(band.upper + backlog_rate, capacity)
