@@ -204,6 +204,12 @@ def tune(
         f"chosen of {report['study']['trials']} trials: trial {best['number']}{kept}, ${best['cost']:.2f} at "
         f"{best['slo_attainment']:.2%} on the tuning part; held out:"
     )
+    if report["saturated"]:
+        console.print(
+            f"[yellow]note: the chosen config asked for a pool's maximum {best['at_max_share']:.0%} of the "
+            "tuning part: the SLO needed every replica the bounds allow, so trials could hardly differ in "
+            "cost there; raise max_replicas / max_containers if you have the GPUs, or tune on another part[/]"
+        )
     for name, s in report["held_out"].items():
         pods = f" ({s['kubernetes_replicas']} pods)" if "kubernetes_replicas" in s else ""
         console.print(f"  {name:>12}: ${s['cost_total']:.2f}, SLO attainment {s['slo_attainment']:.2%}{pods}")

@@ -30,6 +30,7 @@ from ..config.schema import Config, Target
 from ..controller.profile import load_profile
 from .hindsight import cheapest_static_pool
 from .run import compare, edit_target, pick_target, simulate
+from .simulator import Timeline
 from .traces import Trace, slice_trace
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
@@ -62,6 +63,10 @@ OPTIONAL_SPACE: dict[str, FloatDistribution] = {
 GPU_PARAM = "gpu"
 BASELINES = ("hpa", "modal-only", "static-peak", "oracle")
 RIGHT_SIZED = "right-sized static (hindsight)"
+# A chosen config holding a pool at its maximum for more than this share of the tuning part
+# met the SLO only with every replica there: trials then differ little in cost, and no
+# parameter can buy what the bound forbids.
+SATURATED_SHARE = 0.5
 POLL_SECONDS = 0.5
 
 
@@ -228,12 +233,24 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = tuned_config(self.config, self.target_name, self.suggest(trial), self.gpu_choices)
-        summary = simulate(self.trace, config, "controller", self.target_name).summary
-        required = pick_target(config, self.target_name).slo.attainment
+        result = simulate(self.trace, config, "controller", self.target_name)
+        summary, target = result.summary, pick_target(config, self.target_name)
+        required = target.slo.attainment
         trial.set_user_attr("slo_attainment", summary["slo_attainment"])
         trial.set_user_attr("ttft_p99", summary["ttft_p99"])
+        trial.set_user_attr("at_max_share", at_max_share(result.timeline, target))
         trial.set_constraint("slo_shortfall", required - summary["slo_attainment"])  # feasible <= 0
         return summary["cost_total"]
+
+
+def at_max_share(timeline: Timeline, target: Target) -> float:
+    """Share of the ticks at which a pool was asked for its maximum."""
+    k8s_max, modal_max = max_capacity(target)
+    at_max = [
+        (k8s_max > 0 and k8s >= k8s_max) or (modal_max > 0 and modal >= modal_max)
+        for k8s, modal in zip(timeline.k8s_desired, timeline.modal_desired)
+    ]
+    return sum(at_max) / len(at_max) if at_max else 0.0
 
 
 def work(storage: str, study_name: str, trials: int, objective: Objective) -> None:
@@ -373,6 +390,7 @@ def tune(
         "max_capacity_tuning_summary": max_capacity,
         "best_trial": trial_info(best, required),
         "kept_starting_config": best.params == start,
+        "saturated": (best.user_attrs.get("at_max_share") or 0.0) > SATURATED_SHARE,
         "min_gain": options.min_gain,
         "held_out": held_out_summaries,
         "pareto_front": [trial_info(t, required) for t in front],
@@ -415,7 +433,8 @@ def trial_info(trial: FrozenTrial, required: float) -> dict:
     attained = trial.user_attrs["slo_attainment"]
     return {
         "number": trial.number, "cost": trial.value, "slo_attainment": attained,
-        "ttft_p99": trial.user_attrs["ttft_p99"], "feasible": attained >= required, "params": trial.params,
+        "ttft_p99": trial.user_attrs["ttft_p99"], "feasible": attained >= required,
+        "at_max_share": trial.user_attrs.get("at_max_share"), "params": trial.params,
     }  # fmt: skip
 
 

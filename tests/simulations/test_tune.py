@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from vllm_autoscaler.config.loader import load_config
 from vllm_autoscaler.controller.cli import app
 from vllm_autoscaler.controller.profile import ProfileError
+from vllm_autoscaler.simulations.generators import poisson
 from vllm_autoscaler.simulations.run import simulate
 from vllm_autoscaler.simulations.traces import Trace, save_trace
 from vllm_autoscaler.simulations.tune import (
@@ -137,6 +138,20 @@ def test_gpu_choice_sets_the_profile_with_its_prices(tmp_path):
     assert target.modal.price_per_gpu_second == chosen.price_per_gpu_second
     with pytest.raises(ProfileError):
         GpuChoice.parse("no-such-gpu:1:0.001")
+
+
+def test_a_pool_held_at_its_maximum_is_reported(tmp_path):
+    # The setup: on Kubernetes alone, 6 req/s need 5 pods, the bound here (one more is never asked).
+    flat = poisson(rate_per_s=6, duration_s=1800, seed=1)
+    bound = ["targets.0.modal=null", "targets.0.kubernetes.max_replicas=5", "targets.0.slo.attainment=0.97"]
+    # One trial: the config's own parameters (a sampled one could be chosen and differ).
+    result = cli(tmp_path, flat, "--trials", "1", *(f"--set={s}" for s in bound))
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "tune.json").read_text())
+    assert report["saturated"] and report["best_trial"]["at_max_share"] > 0.9
+    assert "asked for a pool's maximum" in " ".join(result.output.split())
+    free = run(tmp_path / "free", trials=1, trace=flat, overrides=["targets.0.modal=null"])
+    assert not free["saturated"] and free["best_trial"]["at_max_share"] < 0.1
 
 
 def test_empty_trace_is_refused():
