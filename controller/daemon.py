@@ -55,9 +55,11 @@ from .types import (
     ActuationResult,
     Actuator,
     Decision,
+    HistorySource,
     MetricSource,
     Observation,
     Policy,
+    Remembering,
     Sample,
 )
 
@@ -118,6 +120,7 @@ class TargetRuntime:
     actuators: list[Actuator]
     answered: set[str] = field(default_factory=set)  # "metrics" and pools, once they answered
     measured_at: float | None = None  # newest vLLM measurement seen
+    recalled: bool = False  # the policy was offered the source's history
 
     @property
     def name(self) -> str:
@@ -300,6 +303,8 @@ class Daemon:
         return self._elector is None or self._elector.is_leader
 
     async def _observe_and_decide(self, runtime: TargetRuntime) -> Outcome:
+        if not runtime.recalled:
+            await self._recall(runtime)
         observation = await self._observe(runtime)
         now = self.clock.now()
         if runtime.measured_at is not None:
@@ -321,6 +326,24 @@ class Daemon:
         self.telemetry.observed(runtime.name, observation)
         self.telemetry.decided(runtime.name, decision)
         return Outcome(observation, decision)
+
+    async def _recall(self, runtime: TargetRuntime) -> None:
+        """Before a target's first decision, rebuild its policy's memory from the metrics the
+        source kept, so that a restart (a deploy, a crash) does not forget the day's pattern
+        and the spent error budget. Tried once: without it the policy starts afresh."""
+        runtime.recalled = True
+        policy, source = runtime.policy, runtime.source
+        if not (isinstance(policy, Remembering) and isinstance(source, HistorySource)):
+            return
+        try:
+            history = await source.history(policy.memory_seconds, self.config.tick_seconds)
+        except MetricsUnavailable as exc:
+            log.warning("history.unavailable", target=runtime.name, error=str(exc),
+                        action="starting without memory")
+            return
+        policy.recall(history)
+        log.info("history.recalled", target=runtime.name, observations=len(history),
+                 seconds=round(self.clock.now() - history[0].time) if history else 0)
 
     async def _observe(self, runtime: TargetRuntime) -> Observation | None:
         """The target's metrics merged with its pool states; None (logged and counted) when

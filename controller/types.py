@@ -8,6 +8,7 @@ always passed in, in seconds on the caller's clock (wall clock live, simulated c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -108,10 +109,27 @@ class Policy(Protocol):
 
 
 @runtime_checkable
+class Remembering(Protocol):
+    """A policy whose memory (forecast, season, error budget) can be rebuilt from the
+    observations of the `memory_seconds` before it started."""
+
+    memory_seconds: float
+
+    def recall(self, history: Sequence[Observation]) -> None: ...
+
+
+@runtime_checkable
 class MetricSource(Protocol):
     """Builds the observation of one target (Prometheus, direct scrape, simulated)."""
 
     async def collect(self) -> Observation: ...
+
+
+@runtime_checkable
+class HistorySource(Protocol):
+    """A metric source that also keeps what it measured before (Prometheus does)."""
+
+    async def history(self, seconds: float, step_s: float) -> list[Observation]: ...
 
 
 @dataclass(frozen=True, slots=True)

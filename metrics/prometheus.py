@@ -11,7 +11,9 @@ import asyncio
 import json
 import re
 import time
+from collections import defaultdict
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -38,6 +40,8 @@ QUERIES: dict[str, tuple[Signal, str]] = {
     "output_tokens_rate": (Signal.OUTPUT_TOKENS, _RATE),
 }
 _MEASURED_AT = "measured_at"  # when the oldest of the selected gauges was scraped
+# Prometheus refuses a range query of more than 11,000 points per series.
+MAX_POINTS_PER_QUERY = 10_000
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
@@ -112,6 +116,30 @@ class PrometheusMetrics:
         self.problems = problems + rejected
         return Observation(time=now, **samples)
 
+    async def history(self, seconds: float, step_s: float) -> list[Observation]:
+        """The observations of the last `seconds`, one every `step_s`, oldest first, as
+        Prometheus kept them: what a controller running then would have read. Times with no
+        sample of a signal leave it missing (a gap is not a zero); pools are not in them."""
+        return await asyncio.to_thread(self._history, seconds, step_s)
+
+    def _history(self, seconds: float, step_s: float) -> list[Observation]:
+        names = detect({r["metric"]["__name__"] for r in self._query(self._detection_query())})
+        if not names:
+            return []
+        query = self._combined(self._expressions(names))
+        values: defaultdict[float, dict[str, float]] = defaultdict(dict)
+        end = self._clock()
+        start = end - seconds
+        while start <= end:
+            stop = min(start + (MAX_POINTS_PER_QUERY - 1) * step_s, end)
+            for series in self._query_range(query, start, stop, step_s):
+                field = series["metric"]["signal"]
+                for at, value in series["values"]:
+                    values[float(at)][field] = float(value)
+            start = stop + step_s
+        return [Observation(time=at, **screened({f: found.get(f) for f in QUERIES}, at)[0])
+                for at, found in sorted(values.items())]
+
     def _series(self, names: str) -> str:
         """A selector of the named series (a `|`-separated regex) and the target's labels."""
         return "{" + ", ".join(filter(None, [f'__name__=~"{names}"', self._matchers])) + "}"
@@ -119,23 +147,41 @@ class PrometheusMetrics:
     def _detection_query(self) -> str:
         return f"count by (__name__) ({self._series('|'.join(ALL_SPELLINGS))})"
 
-    def _signals_query(self, names: Mapping[Signal, str]) -> str:
-        """Every signal as one instant vector, each element labelled `signal=<field>`."""
-        expressions = {
+    def _expressions(self, names: Mapping[Signal, str]) -> dict[str, str]:
+        """The PromQL of each Observation field whose signal is among `names`."""
+        return {
             field: promql.format(series=self._series(names[signal]), window=self._window)
             for field, (signal, promql) in QUERIES.items() if signal in names
         }
+
+    def _signals_query(self, names: Mapping[Signal, str]) -> str:
+        """Every signal as one instant vector, each element labelled `signal=<field>`."""
+        expressions = self._expressions(names)
         # Counted by instance (not by series): a replica may run several engines.
         running = self._series("|".join(Signal.RUNNING.spellings))
         expressions["replicas_reporting"] = f"count(count by (instance) ({running})) or vector(0)"
         if Signal.RUNNING in names:
             expressions[_MEASURED_AT] = f"min(timestamp({self._series(names[Signal.RUNNING])}))"
+        return self._combined(expressions)
+
+    @staticmethod
+    def _combined(expressions: Mapping[str, str]) -> str:
+        """One query of every expression, each element labelled `signal=<field>`."""
         return " or ".join(f'label_replace({promql}, "signal", "{field}", "", "")'
                            for field, promql in expressions.items())
 
     def _query(self, promql: str) -> list[dict]:
+        return self._ask(promql, self._client.custom_query, promql)
+
+    def _query_range(self, promql: str, start: float, end: float, step_s: float) -> list[dict]:
+        def at(seconds: float) -> datetime:
+            return datetime.fromtimestamp(seconds, UTC)
+
+        return self._ask(promql, self._client.custom_query_range, promql, at(start), at(end), f"{step_s:g}s")
+
+    def _ask(self, promql: str, call: Callable[..., list[dict]], *args: object) -> list[dict]:
         try:
-            return self._client.custom_query(promql)
+            return call(*args)
         except requests.RequestException as error:
             raise MetricsUnavailable(f"Prometheus at {self.url} is unreachable: {error}") from error
         except PrometheusApiClientException as error:

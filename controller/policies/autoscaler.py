@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 from ...config.schema import ControllerPolicy as Params
 from ...config.schema import Target
@@ -142,6 +143,23 @@ class ControllerPolicy:
         if self.base_quantile is None and k8s and modal:
             k8s_per_s = k8s.price_per_gpu_hour * k8s.gpus_per_replica / 3600
             self.base_quantile = 1 - min(k8s_per_s / modal.price_per_container_second, 1.0)
+
+    @property
+    def memory_seconds(self) -> float:
+        """How far back the policy's windows and forecast look."""
+        return max(self.forecaster.history_s, self.p.error_budget_window_seconds, self.p.base_load_window_seconds)
+
+    def recall(self, history: Sequence[Observation]) -> None:
+        """Learn from the observations of before the start, oldest first, as if this policy
+        had seen them: the forecast (level, trend, a day of history for the seasonal term,
+        the base load's window), the token mix and the error budget. Without them a restart
+        (a deploy, a crash) would forget the daily pattern for a day. No decision is made
+        and the guards keep no recommendation from them: what runs now is the start."""
+        for observation in history:
+            at = observation.time
+            rate = self._learn(observation, at)
+            if rate is not None:
+                self.error_budget.update(at, rate, rate * self._late_share(observation, at))
 
     # ---- inputs --------------------------------------------------------------------------
     def _fresh(self, obs: Observation, name: str, now: float) -> float | None:

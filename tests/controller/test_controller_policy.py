@@ -1,6 +1,7 @@
 """The product's policy: bounds, per-tick limits, monotonicity and holding on stale input."""
 
 import math
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -238,3 +239,38 @@ def test_the_pools_buffer_containers_is_a_floor_on_the_buffer(pools):
     p = policy(*pools, "targets.0.modal.buffer_containers=3")
     decisions = replay(p, [0.5] * 20 + [30.0] * 5 + [0.5] * 20)
     assert all(d.modal_buffer_containers >= 3 for d in decisions)
+
+
+DAY = 86400.0
+
+
+def daily_history(now: float, rate_at) -> list[Observation]:
+    """A day and an hour of observations before `now`, without pool states (as a metric
+    source's history has them), the rate given by `rate_at(seconds before now)`."""
+    ticks = int((DAY + 3600) / TICK)
+    return [replace(observe(now - i * TICK, rate_at(i * TICK)), kubernetes=None, modal=None)
+            for i in range(ticks, 0, -1)]  # fmt: skip
+
+
+def test_recalled_history_brings_back_the_daily_rise_and_the_spent_budget():
+    now = 10 * DAY
+    # Yesterday the rate rose from 1 to 12 req/s a few minutes after this time of day.
+    def yesterday_rises(before: float) -> float:
+        return 12.0 if DAY - 600 <= before <= DAY - 120 else 1.0
+
+    alone = "targets.0.modal=null"  # pods only: the forecast over a pod's start-up sizes them
+    fresh, restarted = policy(alone), policy(alone)
+    assert restarted.memory_seconds >= DAY + 3600
+    restarted.recall(daily_history(now, yesterday_rises))
+    seen = replace(observe(now, 1.0, (3, 0, 3)), modal=None)
+    before, after = fresh.decide(seen, now), restarted.decide(seen, now)
+    assert after.reason.details["k8s_forecast"] == pytest.approx(12.0)
+    assert before.reason.details["k8s_forecast"] == pytest.approx(1.0)
+    assert after.kubernetes_replicas > before.kubernetes_replicas
+    # TTFT over the SLO for the last ten minutes of the history: the budget is spent.
+    late = policy(alone)
+    history = daily_history(now, lambda before: 1.0)
+    late.recall([replace(o, ttft_p50=Sample(4.0, o.time), ttft_p95=Sample(5.0, o.time),
+                         ttft_p99=Sample(6.0, o.time)) if o.time > now - 600 else o for o in history])
+    assert late.decide(seen, now).reason.details["error_budget_burn"] > 1
+    assert fresh.decide(seen, now + TICK).reason.details["error_budget_burn"] < 0.01

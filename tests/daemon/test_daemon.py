@@ -10,6 +10,8 @@ import aiohttp
 import pytest
 import structlog
 from daemon_world import APP, DEPLOYMENT, FUNCTION, busy_page, eventually
+from emulators.vllm_history import vllm_history
+from fixtures.realparts import PrometheusServer
 from prometheus_client.parser import text_string_to_metric_families
 
 UPDATES = "FunctionUpdateSchedulingParams"
@@ -114,6 +116,32 @@ async def test_a_dry_run_writes_nothing_not_even_the_lease(make_daemon, replica,
     assert outcome.applied["modal"].startswith("dry run: would set")
     assert replicas(kube) == 1 and world.received(UPDATES) == []
     assert [r for r in kube.requests if r.method != "GET"] == []
+
+
+async def test_a_restart_recalls_what_prometheus_kept(make_daemon, tmp_path):
+    # Three hours at 2 req/s; the first tokens came after 5 s from 40 to 20 minutes ago
+    # (the SLO is 3 s), within 0.5 s since.
+    end = int(time.time())
+    (tmp_path / "prometheus").mkdir()
+    prometheus = PrometheusServer(None, tmp_path / "prometheus")
+    prometheus.backfill(vllm_history(end, 3 * 3600, lambda before: 2.0, {"model_name": "tiny-llama"},
+                                     slow=((20 * 60, 40 * 60),)))
+    prometheus.start()
+    try:
+        daemon = make_daemon("metrics.source=prometheus", f"metrics.prometheus.url={prometheus.url}",
+                             "tick_seconds=15", dry_run=True)
+        with structlog.testing.capture_logs() as logs:
+            first, second = (await daemon.tick())["tiny"], (await daemon.tick())["tiny"]
+    finally:
+        prometheus.stop()
+    (recalled,) = [r for r in logs if r["event"] == "history.recalled"]  # once, before deciding
+    assert recalled["observations"] >= 3 * 3600 / 15 - 2 and recalled["seconds"] >= 3 * 3600 - 30
+    assert first.decision.reason.details["late_share"] < 0.01  # nothing is late now
+    # A third of the last hour's requests were late; read from quantiles (a median over the
+    # SLO says "half or more"), half of them count: 1/6 late, 16.7 times the 1% allowed.
+    assert first.decision.reason.details["error_budget_burn"] == pytest.approx(100 / 6, rel=0.1)
+    assert first.decision.reason.details["k8s_forecast"] == pytest.approx(2.0, rel=0.02)
+    assert second.decision is not None
 
 
 async def running(daemon) -> asyncio.Task:

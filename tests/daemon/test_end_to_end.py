@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -146,6 +147,17 @@ def wrote_scale_up(record: dict) -> bool:
 
 
 @pytest.fixture
+def prometheus_server(tmp_path, vllm_server) -> Iterator[PrometheusServer]:
+    """A Prometheus of this test's own: the session's keeps other tests' load, which the
+    daemons would recall at start (sizing the pools for it before the burst comes)."""
+    (tmp_path / "prometheus").mkdir()
+    prometheus = PrometheusServer(vllm_server, tmp_path / "prometheus")
+    prometheus.start()
+    yield prometheus
+    prometheus.stop()
+
+
+@pytest.fixture
 def daemons(tmp_path, kube, modal_control_plane, vllm_server, prometheus_server):
     kube.add_deployment(DEPLOYMENT, replicas=1)
     modal_control_plane.plane.deploy(APP, FUNCTION, scaledown_window=60)
@@ -180,14 +192,21 @@ async def test_the_daemon_end_to_end(daemons, kube, modal_control_plane, vllm_se
     leader, standby = sorted(daemons, key=lambda d: not d.leads)
     await until(lambda: len(standby.records()) >= 2, 10, "the standby to decide")
     assert not any(r["leader"] for r in standby.records())
+    # The leader may size the pools at once from what Prometheus kept of earlier tests' load.
+    await settled(lambda: capacity(kube, plane), 2.0, 20, "the start to settle")
     replicas_before, warm_before = capacity(kube, plane)
 
     # 2. A burst: scale-up within two ticks of the first tick that sees it.
+    started = time.time()
     load_ended = await burst(vllm_server)
-    await until(lambda: any(wrote_scale_up(r) for r in leader.records()), 15, "a scale-up")
+
+    def since_burst() -> list[dict]:
+        return [r for r in leader.records() if r["at"] >= started]
+
+    await until(lambda: any(wrote_scale_up(r) for r in since_burst()), 15, "a scale-up")
     replicas, warm = capacity(kube, plane)
     assert replicas > replicas_before or warm > warm_before
-    records = leader.records()
+    records = since_burst()
     seen = next(i for i, r in enumerate(records)
                 if (r["inputs"]["arrival_rate"] or 0) > 0 or (r["inputs"]["waiting"] or 0) > 0)
     scaled = next(i for i, r in enumerate(records) if wrote_scale_up(r))
@@ -218,17 +237,15 @@ async def test_the_daemon_end_to_end(daemons, kube, modal_control_plane, vllm_se
     # The pods may still be growing (in steps, as above): what is held is what was reached.
     await settled(lambda: capacity(kube, plane), 2.0, 20, "the scale-up to settle")
     prometheus_server.stop()
-    try:  # the server is shared: a failure here must not leave it down for the next tests
-        outage = time.time()
-        held = capacity(kube, plane)
-        await asyncio.sleep(STABILIZATION_S + 4)
-        assert capacity(kube, plane) == held  # never scaled down blind
-        assert leader.metric("vllm_autoscaler_errors_total", kind="metrics") >= STABILIZATION_S
-        assert leader.metric("vllm_autoscaler_metrics_age_seconds", target="tiny") > STABILIZATION_S
-        assert not [r for r in leader.records() if r["at"] > outage + 1.5]  # no decision: skipped
-        assert any("is unreachable" in r["error"] for r in leader.records("metrics.unavailable"))
-    finally:
-        prometheus_server.start()
+    outage = time.time()
+    held = capacity(kube, plane)
+    await asyncio.sleep(STABILIZATION_S + 4)
+    assert capacity(kube, plane) == held  # never scaled down blind
+    assert leader.metric("vllm_autoscaler_errors_total", kind="metrics") >= STABILIZATION_S
+    assert leader.metric("vllm_autoscaler_metrics_age_seconds", target="tiny") > STABILIZATION_S
+    assert not [r for r in leader.records() if r["at"] > outage + 1.5]  # no decision: skipped
+    assert any("is unreachable" in r["error"] for r in leader.records("metrics.unavailable"))
+    prometheus_server.start()
     back = time.time()
     await until(lambda: any(r["at"] > back for r in leader.records()), 15, "decisions to resume")
 
