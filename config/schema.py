@@ -134,6 +134,9 @@ class ControllerPolicy(Section):
     trend_beta: Annotated[float, Field(ge=0, le=1)] = 0.05
     error_alpha: Fraction = 0.1
     band_z: NonNegFloat = 1.0
+    # Seasonal-naive term: the rate one season before the forecast's time counts once that
+    # much history exists (86400: daily; 604800: weekly, for weekday/weekend patterns; 0: none).
+    season_seconds: NonNegFloat = 86400
     # Headroom on top of the forecast band when sizing capacity (the band and the SLO-safe
     # capacity already carry the margin; raise for a safety factor of your own).
     headroom: Annotated[float, Field(ge=0, le=2)] = 0.0

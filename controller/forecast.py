@@ -34,7 +34,7 @@ class RateForecaster:
         trend_beta: float,
         error_alpha: float,
         band_z: float,
-        season_s: float = 86400.0,
+        season_s: float = 86400.0,  # 0: no seasonal term
         history_s: float = 86400.0 + 3600.0,
     ):
         self.tick_s = tick_s
@@ -76,7 +76,7 @@ class RateForecaster:
     def _seasonal(self, at: float) -> float | None:
         """The rate one season before `at`, if the history reaches back that far."""
         then = at - self.season_s
-        if not self.times or self.times[0] > then:
+        if not self.season_s or not self.times or self.times[0] > then:
             return None
         return self.rates[min(bisect_left(self.times, then), len(self.times) - 1)]
 

@@ -42,6 +42,9 @@ MODAL_STABILIZATION_S = 60.0
 # is a burst shorter than the rate window; a recurring one raises the reserve by this factor.
 BURSTY_BELOW_UTILIZATION = 0.5
 BURST_RESERVE_GROWTH = 1.25
+# History kept beyond the season (or the base load's window): a forecast looks up to this far
+# ahead of now, one season back.
+HISTORY_MARGIN_S = 3600.0
 # The token mix moves slowly; per-window means are noisy (a few hundred requests).
 MIX_ALPHA = 0.05
 
@@ -121,7 +124,8 @@ class ControllerPolicy:
         p = self.p
         self.tick_s = tick_s
         self.forecaster = RateForecaster(
-            tick_s, p.level_alpha, p.trend_beta, p.error_alpha, p.band_z
+            tick_s, p.level_alpha, p.trend_beta, p.error_alpha, p.band_z, p.season_seconds,
+            history_s=max(p.season_seconds, p.base_load_window_seconds) + HISTORY_MARGIN_S,
         )
         self.prompt_mean = 1000.0
         self.output_mean = 200.0
@@ -147,7 +151,7 @@ class ControllerPolicy:
     @property
     def memory_seconds(self) -> float:
         """How far back the policy's windows and forecast look."""
-        return max(self.forecaster.history_s, self.p.error_budget_window_seconds, self.p.base_load_window_seconds)
+        return max(self.forecaster.history_s, self.p.error_budget_window_seconds)
 
     def recall(self, history: Sequence[Observation]) -> None:
         """Learn from the observations of before the start, oldest first, as if this policy

@@ -62,3 +62,24 @@ def test_a_ramp_keeps_more_than_half_its_trend():
     for i, rate in enumerate(measured(np.linspace(2.0, 20.0, 80))):
         f.update(rate, i * 15.0)
     assert f.significant_trend() > 0.5 * f.trend > 0.5 * 0.012
+
+
+@pytest.mark.parametrize("season_s", [86400.0, 604800.0])
+def test_the_season_brings_back_the_rise_one_season_ago_and_zero_turns_it_off(season_s):
+    # 1 req/s, but 10 req/s for an hour starting one season before `onset`.
+    tick_s, onset, lead = 60.0, season_s + 36000.0, 600.0
+
+    def rate(t: float) -> float:
+        return 10.0 if onset - season_s <= t < onset - season_s + 3600 else 1.0
+
+    seasonal, plain = (RateForecaster(tick_s, 0.3, 0.05, 0.1, 1.0, s, s + 3600) for s in (season_s, 0.0))
+    now = onset - lead
+    for t in np.arange(0.0, now, tick_s):
+        seasonal.update(rate(t), t)
+        plain.update(rate(t), t)
+    for forecaster in (seasonal, plain):
+        forecaster.update(2.0, now)  # a jump in the last tick: the latest is not the level
+    assert seasonal.forecast(now, lead).point == pytest.approx(10.0)
+    assert plain.forecast(now, lead).point == pytest.approx(plain.level + plain.significant_trend() * lead)
+    assert plain.forecast(now, lead).point < 2.0
+    assert seasonal.forecast(now, lead / 2).point < 2.0  # not yet: a season ago it was 1 req/s
