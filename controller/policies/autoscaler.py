@@ -11,8 +11,9 @@ Each tick:
    beats per-second Modal billing; Modal warm containers cover the rest of the band and
    the gap while pods start. Single-pool targets put everything on their pool. Recurring
    bursts too short for the measured rate to show keep a reserve of warm replicas.
-4. Guard: bounds, stabilised scale-down, per-tick limits; never below in-flight work; on
-   missing or stale metrics hold the last decision (never scale down blind).
+4. Guard: bounds, stabilised scale-down (over a pod's start-up after a lull shorter than
+   that), per-tick limits; never below in-flight work; on missing or stale metrics hold the
+   last decision (never scale down blind).
 """
 
 from __future__ import annotations
@@ -82,6 +83,29 @@ class BurstReserve:
         return self.level
 
 
+class LullMemory:
+    """Lulls shorter than a pod's start-up (on/off traffic: batch clients, gaps of a few
+    minutes between bursts). A pod released in one is needed again before a new one could be
+    ready, and the new one is billed while it starts: after such a lull, scale-down waits out
+    a pod's start-up, for `memory_s`. A lull: the load fell to a quarter of the pods asked
+    for or less (not the noise of a small pool); it ends when it is back to three quarters."""
+
+    def __init__(self, short_s: float, memory_s: float):
+        self.short_s, self.memory_s = short_s, memory_s
+        self.started: float | None = None
+        self.last_short = -math.inf
+
+    def update(self, needed: float, asked: int, now: float) -> bool:
+        """Whether a short lull was seen within `memory_s`."""
+        if needed <= asked / 4:
+            self.started = now if self.started is None else self.started
+        elif self.started is not None and needed >= 0.75 * asked:
+            if now - self.started <= self.short_s:
+                self.last_short = now
+            self.started = None
+        return now - self.last_short <= self.memory_s
+
+
 def share_above(threshold: float, p50: float, p95: float, p99: float) -> float:
     """Share of requests slower than `threshold`, from three quantiles: log-linear between
     them (an exponential tail, as queueing delays have), extrapolated past p99 the same way."""
@@ -139,6 +163,7 @@ class ControllerPolicy:
             k8s.min_replicas, k8s.max_replicas, p.scale_down_stabilization_seconds,
             p.max_scale_up_per_tick, p.max_scale_down_per_tick, p.hysteresis,
         )  # fmt: skip
+        self.lulls = k8s and LullMemory(k8s.startup_seconds.high + tick_s, p.burst_memory_seconds)
         self.modal_guard = modal and PoolGuard(
             modal.min_containers, modal.max_containers, MODAL_STABILIZATION_S,
             p.max_scale_up_per_tick, p.max_scale_down_per_tick, 0.0,
@@ -253,7 +278,7 @@ class ControllerPolicy:
         modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, backlog_rate, details)
         if pressure and k8s is not None and observation.kubernetes:
             k8s = max(k8s, observation.kubernetes.desired)  # never shrink while short of capacity
-        k8s, modal_min = self._guard(observation, now, k8s, modal_min)
+        k8s, modal_min = self._guard(observation, now, k8s, modal_min, details)
         summary = f"{rate:.2f} req/s, {capacity:.2f}/replica;" + (
             f" k8s {k8s}" if k8s is not None else ""
         ) + (f" modal min {modal_min} buffer {modal_buffer}" if modal_min is not None else "") + (
@@ -306,9 +331,13 @@ class ControllerPolicy:
         spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
         return wanted, max(math.ceil(self.p.modal_buffer_fraction * spread), modal.buffer_containers)
 
-    def _guard(self, observation: Observation, now: float, k8s, modal_min):
+    def _guard(self, observation: Observation, now: float, k8s, modal_min, details: dict):
         if self.k8s_guard and k8s is not None:
             current = observation.kubernetes.desired if observation.kubernetes else k8s
+            window = self.p.scale_down_stabilization_seconds
+            if self.lulls.update(k8s, current, now):
+                window = max(window, self.lulls.short_s)
+            self.k8s_guard.stabilization_s = details["k8s_scale_down_window_s"] = window
             k8s = self.k8s_guard.apply(k8s, current, now)
         if self.modal_guard and modal_min is not None:
             last = self.last.modal_min_containers if self.last else None

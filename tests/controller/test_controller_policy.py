@@ -274,3 +274,15 @@ def test_recalled_history_brings_back_the_daily_rise_and_the_spent_budget():
                          ttft_p99=Sample(6.0, o.time)) if o.time > now - 600 else o for o in history])
     assert late.decide(seen, now).reason.details["error_budget_burn"] > 1
     assert fresh.decide(seen, now + TICK).reason.details["error_budget_burn"] < 0.01
+
+
+def test_after_a_lull_shorter_than_a_pods_start_up_the_pods_wait_out_the_next():
+    # On Kubernetes alone, pods start within 480 s. A minute at 10 req/s, then 6 minutes of
+    # nothing: longer than the 5-minute scale-down window, shorter than a pod's start-up.
+    on, off = [10.0] * 4, [0.0] * 24
+    pods = [d.kubernetes_replicas for d in replay(policy("targets.0.modal=null"), (on + off) * 4)]
+    assert min(pods[4:28]) < pods[3]  # the first lull: nothing known yet, the pods go
+    assert min(pods[60:84]) == pods[59]  # after one: they wait the third out
+    # A load that stops for good, with no short lull before: released after the usual window.
+    stop = [d.kubernetes_replicas for d in replay(policy("targets.0.modal=null"), on * 10 + off)]
+    assert stop[-1] < stop[39]
