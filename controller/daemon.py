@@ -337,11 +337,15 @@ class Daemon:
             return
         try:
             history = await source.history(policy.memory_seconds, self.config.tick_seconds)
+            policy.recall(history)
         except MetricsUnavailable as exc:
             log.warning("history.unavailable", target=runtime.name, error=str(exc),
                         action="starting without memory")
             return
-        policy.recall(history)
+        except Exception:  # a bug here must not stop the target from deciding
+            log.exception("history.failed", target=runtime.name, action="starting without memory")
+            self.telemetry.error("internal")
+            return
         log.info("history.recalled", target=runtime.name, observations=len(history),
                  seconds=round(self.clock.now() - history[0].time) if history else 0)
 

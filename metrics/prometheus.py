@@ -177,7 +177,8 @@ class PrometheusMetrics:
         def at(seconds: float) -> datetime:
             return datetime.fromtimestamp(seconds, UTC)
 
-        return self._ask(promql, self._client.custom_query_range, promql, at(start), at(end), f"{step_s:g}s")
+        # A bare number of seconds: a duration such as "0.5s" is not valid PromQL.
+        return self._ask(promql, self._client.custom_query_range, promql, at(start), at(end), f"{step_s:g}")
 
     def _ask(self, promql: str, call: Callable[..., list[dict]], *args: object) -> list[dict]:
         try:

@@ -67,6 +67,12 @@ async def test_history_is_what_a_controller_running_then_would_have_read(past, m
     assert await source(server.url).history(HOURS * 3600, STEP_S) == history
 
 
+async def test_a_tick_under_a_second_is_a_valid_step(past):
+    server, _ = past  # "0.5s" is no PromQL duration; the step is sent as a number of seconds
+    history = await source(server.url).history(60, 0.5)
+    assert len(history) >= 119 and history[1].time - history[0].time == 0.5
+
+
 async def test_no_series_under_the_selector_is_no_history(past):
     server, _ = past
     assert await source(server.url, model="other").history(HOURS * 3600, STEP_S) == []
