@@ -45,7 +45,7 @@ from ..actuators.modal import ModalActuator
 from ..config.loader import ConfigError, load_config
 from ..config.schema import Config, Target
 from ..metrics.common import MetricsUnavailable
-from ..metrics.prometheus import PrometheusMetrics
+from ..metrics.prometheus import MAX_POINTS_PER_QUERY, PrometheusMetrics
 from ..metrics.scrape import ScrapeMetrics
 from .logs import configure_logging
 from .policies import make_policy
@@ -336,7 +336,10 @@ class Daemon:
         if not (isinstance(policy, Remembering) and isinstance(source, HistorySource)):
             return
         try:
-            history = await source.history(policy.memory_seconds, self.config.tick_seconds)
+            # One point per tick, but no more than one range query holds: a day of 1-s ticks
+            # would be 90,000 points and a first tick kept waiting.
+            step = max(self.config.tick_seconds, policy.memory_seconds / MAX_POINTS_PER_QUERY)
+            history = await source.history(policy.memory_seconds, step)
             policy.recall(history)
         except MetricsUnavailable as exc:
             log.warning("history.unavailable", target=runtime.name, error=str(exc),

@@ -57,10 +57,12 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
     vllm_server: str, measured_profile: Path, tmp_path: Path
 ):
     out = tmp_path / "fidelity"
-    # 30 s of the Azure conversation trace at a third of its rate, five times that for 6 s.
+    # 30 s of the Azure conversation trace at a third of its rate, twenty times that for 6 s:
+    # every burst request queues (at 5x the median sat on the knee between queued and not, and
+    # one run in three missed by 46%), as in tests/benchmarks/bench_fidelity.py.
     done = cli("fidelity", "--endpoint", vllm_server, "--profile", str(measured_profile),
                "--trace", str(AZURE_CONV), "--start", "600", "--end", "630", "--rate-scale", "0.3",
-               "--burst", "10:16:5", "--out", str(out), timeout=240)  # fmt: skip
+               "--burst", "10:16:20", "--out", str(out), timeout=240)  # fmt: skip
     report = json.loads((out / "fidelity.json").read_text())
     assert report["failed_live"] == 0
     stretches = report["stretches"]
@@ -74,14 +76,13 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
     normal, overloaded = stretches["normal"]["relative_error"], stretches["overloaded"]["relative_error"]
     assert normal["throughput"] == pytest.approx(0, abs=0.10)
     # The simulator with the profile measured just before: medians close under normal load
-    # (within 10% in three runs on a busy 2-core machine; 27 requests), and close in the
-    # overload (within 22%; 55 requests), where the fit of before was 95-133% off in the
-    # benchmark. p95s of so few requests rest on one or two of them: not checked here
-    # (tests/benchmarks/bench_fidelity.py measures them on 1087).
+    # (within 18% in two runs) and in the overload (within 9%; 247 requests in all). p95s of
+    # the normal stretch rest on a few requests: not checked here (bench_fidelity.py measures
+    # them on 1087).
     for figure in ("ttft_p50", "e2e_p50"):
         assert normal[figure] == pytest.approx(0, abs=0.25), (figure, normal)
     for figure in ("ttft_p50", "e2e_p50", "throughput"):
-        assert overloaded[figure] == pytest.approx(0, abs=0.35), (figure, overloaded)
+        assert overloaded[figure] == pytest.approx(0, abs=0.25), (figure, overloaded)
     assert "| overloaded | ttft_p50 (s) |" in (out / "fidelity.md").read_text()
     assert (out / "fidelity.png").stat().st_size > 10_000
     assert "overloaded:" in done.stderr
