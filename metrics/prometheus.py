@@ -97,7 +97,7 @@ class PrometheusMetrics:
         self._client.close()
 
     def _collect(self) -> Observation:
-        names = detect({r["metric"]["__name__"] for r in self._query(self._detection_query())})
+        names = self._present_names()
         results = self._query(self._signals_query(names))
         evaluated_at = float(results[0]["value"][0])  # the same for all: one query
         values = {r["metric"]["signal"]: float(r["value"][1]) for r in results}
@@ -123,7 +123,7 @@ class PrometheusMetrics:
         return await asyncio.to_thread(self._history, seconds, step_s)
 
     def _history(self, seconds: float, step_s: float) -> list[Observation]:
-        names = detect({r["metric"]["__name__"] for r in self._query(self._detection_query())})
+        names = self._present_names()
         if not names:
             return []
         query = self._combined(self._expressions(names))
@@ -143,6 +143,10 @@ class PrometheusMetrics:
     def _series(self, names: str) -> str:
         """A selector of the named series (a `|`-separated regex) and the target's labels."""
         return "{" + ", ".join(filter(None, [f'__name__=~"{names}"', self._matchers])) + "}"
+
+    def _present_names(self) -> dict[Signal, str]:
+        """The series name of each signal this vLLM release exports under the selector."""
+        return detect({r["metric"]["__name__"] for r in self._query(self._detection_query())})
 
     def _detection_query(self) -> str:
         return f"count by (__name__) ({self._series('|'.join(ALL_SPELLINGS))})"
