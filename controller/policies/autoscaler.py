@@ -9,7 +9,8 @@ Each tick:
 3. Plan: Kubernetes (cheap per hour, slow) carries the base load that will still be there
    when a new pod is ready — the load level present often enough that an hourly-billed pod
    beats per-second Modal billing; Modal warm containers cover the rest of the band and
-   the gap while pods start. Single-pool targets put everything on their pool. Recurring
+   the gap while pods start; a spill-over that keeps Modal containers warm most of the time
+   buys a pod. Single-pool targets put everything on their pool. Recurring
    bursts too short for the measured rate to show keep a reserve of warm replicas.
 4. Guard: bounds, stabilised scale-down (over a pod's start-up after a lull shorter than
    that), per-tick limits; never below in-flight work; on missing or stale metrics hold the
@@ -106,6 +107,48 @@ class LullMemory:
         return now - self.last_short <= self.memory_s
 
 
+class SpillPricing:
+    """Pods that replace Modal containers kept warm by spill-over.
+
+    Modal bills a container for its scaledown window after every request it takes. On a small
+    pool the queueing noise of the base load spills often enough to keep a container warm
+    most of the time, which costs more than another pod, and the rate (a minute's mean) does
+    not show it. So the spill itself is priced as the rate is: over the base window, while
+    the pods asked for are all ready and the load holds still, the containers Modal runs
+    beyond the warm pool asked for are a layer of load; present in at least `1 − quantile` of
+    those ticks (often enough for an hourly-billed pod to beat per-second billing), it moves
+    onto one more pod. That pod stops the spill that justified it, so it is kept until the
+    base load falls clearly (by the hysteresis and twice its counting noise) below the rate
+    it was learnt at; the spill is measured afresh from then on.
+    """
+
+    def __init__(self, window_s: float, quantile: float, hysteresis: float, tick_s: float):
+        self.window_s, self.quantile, self.hysteresis = window_s, quantile, hysteresis
+        self.least_samples = window_s / 2 / tick_s
+        self.spilled: deque[tuple[float, int]] = deque()
+        self.pods, self.release_below = 0, 0.0
+
+    def update(self, now: float, spilled: int | None, pods: int, base: float, capacity: float, rising: float) -> int:
+        """The pods the spill justifies (0: none), given the containers Modal runs beyond the
+        warm pool asked for (None while pods start: then Modal covers for them by design)
+        and the base load (requests/s)."""
+        if base <= self.release_below or base > (self.pods - 1) * capacity * (1 + self.hysteresis):
+            self.pods, self.release_below = 0, 0.0  # fallen, or the rate asks for them anyway
+        if spilled is None or rising or math.ceil(base / capacity) > pods:  # a moving load is the rate's
+            self.spilled.clear()
+            return self.pods
+        self.spilled.append((now, spilled))
+        while self.spilled[0][0] < now - self.window_s:
+            self.spilled.popleft()
+        if len(self.spilled) >= self.least_samples:
+            layers = sorted(n for _, n in self.spilled)[int(self.quantile * len(self.spilled))]
+            if layers:
+                noise = 2 * math.sqrt(base / METRICS_WINDOW_S)
+                self.pods, self.release_below = pods + 1, base * (1 - self.hysteresis) - noise
+                self.spilled.clear()
+        return self.pods
+
+
 def share_above(threshold: float, p50: float, p95: float, p99: float) -> float:
     """Share of requests slower than `threshold`, from three quantiles: log-linear between
     them (an exponential tail, as queueing delays have), extrapolated past p99 the same way."""
@@ -172,6 +215,9 @@ class ControllerPolicy:
         if self.base_quantile is None and k8s and modal:
             k8s_per_s = k8s.price_per_gpu_hour * k8s.gpus_per_replica / 3600
             self.base_quantile = 1 - min(k8s_per_s / modal.price_per_container_second, 1.0)
+        self.spill = k8s and modal and SpillPricing(
+            p.base_load_window_seconds, self.base_quantile, p.hysteresis, tick_s
+        )
 
     @property
     def memory_seconds(self) -> float:
@@ -273,7 +319,8 @@ class ControllerPolicy:
         floor = max(floor, reserve)
         details["burst_reserve"] = reserve
         asked = observation.kubernetes.desired if observation.kubernetes else 0
-        k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details, asked)
+        spilled = self._spilled(observation)
+        k8s = self._plan_kubernetes(now, capacity, floor, backlog_rate, details, asked, spilled)
         k8s_pods = (k8s_ready, max(k8s or 0, k8s_ready))
         modal_min, modal_buffer = self._plan_modal(now, capacity, k8s_pods, floor, backlog_rate, details)
         if pressure and k8s is not None and observation.kubernetes:
@@ -288,7 +335,16 @@ class ControllerPolicy:
         self.last = Decision(k8s, modal_min, modal_buffer, reason)
         return self.last
 
-    def _plan_kubernetes(self, now, capacity, floor, backlog_rate, details, asked) -> int | None:
+    def _spilled(self, obs: Observation) -> int | None:
+        """Containers Modal runs beyond the warm pool last asked for, once every pod asked
+        for is ready (None before: Modal then covers for pods still starting)."""
+        pods = obs.kubernetes
+        if not (self.spill and pods and obs.modal and self.last) or pods.ready < pods.desired:
+            return None
+        warm_pool = (self.last.modal_min_containers or 0) + (self.last.modal_buffer_containers or 0)
+        return max(obs.modal.total - warm_pool, 0)
+
+    def _plan_kubernetes(self, now, capacity, floor, backlog_rate, details, asked, spilled) -> int | None:
         k8s = self.target.kubernetes_pool
         if not k8s:
             return None
@@ -308,8 +364,9 @@ class ControllerPolicy:
             now, self.p.base_load_window_seconds, self.base_quantile, hold
         )
         base = min(base, band.upper)
-        details["k8s_base_rate"] = base
-        return max(self._tolerate(base / capacity, asked, rising), self.burst_reserve.level)
+        spill_pods = self.spill.update(now, spilled, asked, base, capacity, rising)
+        details.update(k8s_base_rate=base, spill_pods=spill_pods)
+        return max(self._tolerate(base / capacity, asked, rising), self.burst_reserve.level, spill_pods)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for; the

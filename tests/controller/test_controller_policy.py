@@ -286,3 +286,45 @@ def test_after_a_lull_shorter_than_a_pods_start_up_the_pods_wait_out_the_next():
     # A load that stops for good, with no short lull before: released after the usual window.
     stop = [d.kubernetes_replicas for d in replay(policy("targets.0.modal=null"), on * 10 + off)]
     assert stop[-1] < stop[39]
+
+
+def replay_with_spill(p: ControllerPolicy, rates, spill):
+    """As `replay`, with Modal running `spill(i, rate, pods)` containers beyond the warm pool."""
+    decisions, k8s = [], 0
+    for i, rate in enumerate(rates):
+        now = i * TICK
+        warm = p.last.modal_min_containers if p.last else 0
+        modal = (warm + spill(i, rate, k8s), 0, warm)
+        d = p.decide(observe(now, rate, (k8s, 0, k8s), modal), now)
+        k8s = d.kubernetes_replicas
+        decisions.append(d)
+    return decisions
+
+
+def test_a_spill_that_keeps_modal_warm_most_of_the_time_buys_a_pod_while_the_load_stays():
+    # A flat load one pod carries by its rate, whose noise spills to Modal 4 ticks in 5: a
+    # container billed ~80% of the time costs more than a pod (Modal's price is 1.45x).
+    flat, fallen = [1.0] * 160, [0.3] * 80
+    first = replay(policy(), [1.0])[0].kubernetes_replicas
+
+    def spill(i, rate, pods):
+        return int(rate == 1.0 and pods <= first and i % 5 != 0)
+
+    pods = [d.kubernetes_replicas for d in replay_with_spill(policy(), flat + fallen, spill)]
+    assert pods[10] == first  # half the base window of evidence first
+    assert pods[40] == first + 1
+    assert set(pods[40:160]) == {first + 1}  # kept although the spill it stopped is gone
+    assert pods[-1] == first  # the load fell by half a replica and more: released
+    # A container warm a third of the time costs less than a pod: no pod for it.
+    rare = [d.kubernetes_replicas for d in replay_with_spill(policy(), flat, lambda i, *_: int(i % 3 == 0))]
+    assert set(rare) == {first}
+
+
+def test_spill_while_pods_start_or_the_load_rises_is_modal_doing_its_job():
+    p = policy()
+    warm = 0
+    for i in range(80):  # a pod asked for is still starting: Modal covers for it
+        now = i * TICK
+        d = p.decide(observe(now, 1.0, (1, 1, 2), (warm + 1, 0, warm)), now)
+        warm = d.modal_min_containers
+        assert d.reason.details["spill_pods"] == 0
