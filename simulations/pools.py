@@ -296,5 +296,8 @@ class SimModalPool(Pool):
         return False
 
     def state(self, now: float) -> PoolState:
+        """As Modal reports it (actuators/modal.py): every container, ready or starting, as
+        ready; as desired, the warm pool set (not the containers the demand asks for)."""
         base = super().state(now)
-        return PoolState(base.ready, base.starting, self._wanted(), now, backlog=len(self.backlog))
+        warm_pool = min(self.min_containers + self.buffer_containers, self.config.max_containers)
+        return PoolState(base.total, 0, warm_pool, now, backlog=len(self.backlog))
