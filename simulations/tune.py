@@ -27,6 +27,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
 from ..config.schema import Config, Target
+from ..controller.histogram import TTFT_BUCKETS
 from ..controller.profile import load_profile
 from .hindsight import cheapest_static_pool
 from .run import compare, edit_target, pick_target, simulate
@@ -369,6 +370,9 @@ def tune(
     check_same_setup(study, fingerprint(tuning, config, options), storage)
     start = current_params(config, options)
     study.enqueue_trial(start, skip_if_exists=True)
+    slo_s = pick_target(config, options.target_name).slo.ttft_seconds
+    for variant in measured_at_bucket_bounds(start, slo_s):
+        study.enqueue_trial(variant, skip_if_exists=True)
     trials_started = time.perf_counter()
     run_trials(study, storage, Objective(tuning, config, options.target_name, options.gpu_choices), options, on_trial)
     trials_wall = time.perf_counter() - trials_started
@@ -412,6 +416,21 @@ def current_params(config: Config, options: TuneOptions) -> dict[str, Any]:
     if target.profile in {c.profile for c in options.gpu_choices}:
         params[GPU_PARAM] = target.profile
     return params
+
+
+def measured_at_bucket_bounds(start: dict[str, Any], slo_s: float) -> list[dict[str, Any]]:
+    """The starting config with its TTFT feedback measured at the vLLM histogram bounds on
+    either side of the SLO. Between two bounds PromQL interpolates linearly, which misreads
+    the share of late requests (on the conversation trace at a 2-s SLO, inside the 1-2.5 s
+    bucket, 4-10x too high); which bound serves the SLO best depends on the traffic, and a
+    study that starts away from both may not find either in a hundred trials."""
+    if slo_s in TTFT_BUCKETS:
+        return []  # the starting config measures at a bound already
+    below = max((b for b in TTFT_BUCKETS if b < slo_s), default=None)
+    above = min((b for b in TTFT_BUCKETS if b > slo_s), default=None)
+    searched = SEARCH_SPACE["ttft_feedback_fraction"]
+    fractions = [bound / slo_s for bound in (below, above) if bound is not None]
+    return [start | {"ttft_feedback_fraction": f} for f in fractions if searched.low <= f <= searched.high]
 
 
 def check_same_setup(study: optuna.Study, setup: str, storage: str) -> None:

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from optuna.trial import TrialState
 from typer.testing import CliRunner
 from vllm_autoscaler.config.loader import load_config
 from vllm_autoscaler.controller.cli import app
 from vllm_autoscaler.controller.profile import ProfileError
-from vllm_autoscaler.simulations.generators import poisson
+from vllm_autoscaler.simulations.generators import poisson, step
 from vllm_autoscaler.simulations.run import simulate
 from vllm_autoscaler.simulations.traces import Trace, save_trace
 from vllm_autoscaler.simulations.tune import (
@@ -20,6 +21,7 @@ from vllm_autoscaler.simulations.tune import (
     TuneError,
     TuneOptions,
     controller_values,
+    measured_at_bucket_bounds,
     open_study,
     split_trace,
     tune,
@@ -87,7 +89,7 @@ def test_a_cheaper_trial_that_misses_the_slo_is_not_chosen(tmp_path):
     study = open_study(str(tmp_path / "study.journal"), "vllm-autoscaler")
     study.enqueue_trial(AGGRESSIVE)
     report = run(tmp_path, trials=2, trace=STEEP, overrides=K8S_ONLY, min_gain=0.0)  # AGGRESSIVE, then the config's own
-    trials = {t.number: t for t in study.get_trials()}
+    trials = {t.number: t for t in study.get_trials(states=(TrialState.COMPLETE,))}
     aggressive, best = trials[0], trials[report["best_trial"]["number"]]
     # The setup this test relies on: the aggressive trial is cheaper but misses the SLO.
     assert aggressive.value < best.value and aggressive.user_attrs["slo_attainment"] < 0.99
@@ -110,6 +112,20 @@ def test_the_starting_config_stays_unless_a_trial_is_enough_cheaper(tmp_path):
     assert load_config(tmp_path / "tuned.yaml").targets[0].policy.controller == own
     cheapest = min(t.value for t in open_study(str(tmp_path / "study.journal"), "vllm-autoscaler").get_trials())
     assert cheapest <= report["best_trial"]["cost"]
+
+
+def test_an_slo_inside_a_histogram_bucket_is_also_tried_at_both_bounds(tmp_path):
+    # vLLM's TTFT buckets around 2 s end at 1.0 and 2.5 s: the study starts from the config
+    # as it is, then measured at 1.0 s (fraction 0.5) and at 2.5 s (1.25).
+    inside = ["targets.0.slo.ttft_seconds=2.0", "targets.0.slo.attainment=0.9"]
+    run(tmp_path, trials=3, overrides=inside, workers=1)
+    study = open_study(str(tmp_path / "study.journal"), "vllm-autoscaler")
+    fractions = [t.params["ttft_feedback_fraction"] for t in study.get_trials()]
+    assert fractions == pytest.approx([1.0, 0.5, 1.25])
+    start = {"ttft_feedback_fraction": 1.0, "band_z": 1.0}
+    assert measured_at_bucket_bounds(start, 2.5) == []  # on a bound: measured right already
+    # Only within the searched range: 5.0 / 3.0 is above it.
+    assert measured_at_bucket_bounds(start, 3.0) == [{"ttft_feedback_fraction": 2.5 / 3.0, "band_z": 1.0}]
 
 
 @pytest.mark.parametrize("kind", ["journal file", "database URL"])
@@ -175,8 +191,20 @@ def test_command_writes_the_outputs(tmp_path):
     result = cli(tmp_path, RAMP, "--trials", "2", "--workers", "1", *(f"--set={s}" for s in SLO))
     assert result.exit_code == 0, result.output
     assert "held out" in result.output
+    assert "misses the SLO on the held-out part" not in " ".join(result.output.split())
     assert load_config(tmp_path / "out" / "tuned.yaml").targets[0].slo.attainment == 0.995
     assert json.loads((tmp_path / "out" / "tune.json").read_text())["study"]["trials"] == 2
+
+
+def test_command_warns_when_the_tuned_config_misses_the_slo_held_out(tmp_path):
+    # Quiet for the tuning part, then a 20x step no Kubernetes pool starts in time for.
+    jump = step(rates=(1.0, 1.0, 20.0), step_duration_s=1000, seed=0)
+    k8s_only = ["targets.0.modal=null", "targets.0.slo.attainment=0.99"]
+    result = cli(tmp_path, jump, "--trials", "1", "--split", "0.66", *(f"--set={s}" for s in k8s_only))
+    assert result.exit_code == 0, result.output
+    held_out = json.loads((tmp_path / "out" / "tune.json").read_text())["held_out"]["tuned"]
+    assert held_out["slo_attainment"] < 0.99
+    assert "the tuned config misses the SLO on the held-out part" in " ".join(result.output.split())
 
 
 @pytest.mark.parametrize(
