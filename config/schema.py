@@ -39,6 +39,10 @@ class Startup(Section):
 
 
 class Slo(Section):
+    # vLLM's TTFT histogram only tells whether a request took longer than one of its bucket
+    # bounds (... 0.5, 0.75, 1, 2.5, 5, 7.5, 10 s); between two, the share of late requests
+    # is interpolated. For an SLO inside a bucket, `tune` fits the feedback's threshold
+    # (policy.controller.ttft_feedback_fraction) to your traffic.
     ttft_seconds: PositiveFloat = 3.0
     itl_seconds: PositiveFloat = 0.15
     # Fraction of requests that must meet the TTFT SLO (and complete).
