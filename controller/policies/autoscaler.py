@@ -289,7 +289,7 @@ class ControllerPolicy:
         late = self._late_share(observation, now)
         burn = self.error_budget.update(now, rate, rate * late)
         pressure = self._pressure(observation, now, k8s_ready + modal_ready, late, burn)
-        self._correct(pressure, now)
+        self._correct(pressure, now, self._capacity_arriving(observation))
         capacity = self._capacity()
         if capacity <= 0:
             return self._hold(observation, "SLO unreachable with this profile: holding")
@@ -427,13 +427,22 @@ class ControllerPolicy:
         prompt, output = round(self.prompt_mean, -1), round(self.output_mean, -1)
         return replica_capacity(self.profile, slo.ttft_seconds, slo.itl_seconds, prompt, output) * self.correction
 
-    def _correct(self, pressure: str | None, now: float) -> None:
+    def _capacity_arriving(self, obs: Observation) -> bool:
+        """Inputs waiting for Modal containers to start, or pods still starting while Modal
+        covers for them (on Kubernetes alone nothing covers: that shortfall is pressure)."""
+        pods, modal = obs.kubernetes, obs.modal
+        covered = bool(self.target.modal_pool and pods and pods.ready < pods.desired)
+        return covered or bool(modal and modal.backlog)
+
+    def _correct(self, pressure: str | None, now: float, arriving: bool) -> None:
+        """Cut the capacity estimate on pressure, unless capacity asked for is still arriving
+        (the estimate is only proven wrong once what it asked for is there); recover without."""
         low, high = CORRECTION_RANGE
-        if pressure:
+        if pressure and not arriving:
             if now - self.last_cut >= METRICS_WINDOW_S:
                 self.correction = max(self.correction * CORRECTION_DOWN, low)
                 self.last_cut = now
-        else:
+        elif not pressure:
             self.correction = min(self.correction * CORRECTION_UP, high)
 
     def _hold(self, observation: Observation, why: str) -> Decision:

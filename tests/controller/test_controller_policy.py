@@ -328,3 +328,16 @@ def test_spill_while_pods_start_or_the_load_rises_is_modal_doing_its_job():
         d = p.decide(observe(now, 1.0, (1, 1, 2), (warm + 1, 0, warm)), now)
         warm = d.modal_min_containers
         assert d.reason.details["spill_pods"] == 0
+
+
+def test_slo_pressure_while_modal_covers_starting_pods_does_not_cut_the_capacity_estimate():
+    # Requests late beside pods still starting: Modal's containers start in seconds, the pods
+    # in minutes; the lateness says nothing about what a replica serves.
+    def corrections(p, k8s):
+        return [p.decide(observe(i * TICK, 4.0, k8s, ttft=10.0), i * TICK).reason.details["correction"]
+                for i in range(12)]
+
+    assert corrections(policy(), (2, 2, 4))[-1] == 1.0
+    assert corrections(policy(), (4, 0, 4))[-1] < 1.0  # what was asked for is there: cut
+    # On Kubernetes alone nothing covers the start-up: the shortfall is pressure.
+    assert corrections(policy("targets.0.modal=null"), (2, 2, 4))[-1] < 1.0
