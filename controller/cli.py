@@ -177,6 +177,9 @@ def tune(
     min_gain: Annotated[
         float, typer.Option(help="Keep the starting config unless a trial is this much cheaper on the tuning part")
     ] = 0.05,
+    resamples: Annotated[
+        int, typer.Option(help="Copies of the tuning part, its 5-minute blocks redrawn, that every trial also replays")
+    ] = 2,
     start: StartOpt = None,
     end: EndOpt = None,
     rate_scale: RateOpt = 1.0,
@@ -192,7 +195,7 @@ def tune(
     requests = _trace(trace, start, end, rate_scale, time_scale, skip_bad_rows, cfg.simulation.seed)
     try:
         choices = tuple(GpuChoice.parse(c) for c in gpu_choice or [])
-        options = TuneOptions(trials, split, storage, study_name, workers, target, choices, min_gain)
+        options = TuneOptions(trials, split, storage, study_name, workers, target, choices, min_gain, resamples)
         with _progress() as bar:
             task = bar.add_task("trials", total=trials)
             report = run_tune(requests, cfg, out, options, lambda done: bar.update(task, completed=done))
@@ -202,7 +205,7 @@ def tune(
     kept = " (the starting config: no trial was enough cheaper)" if report["kept_starting_config"] else ""
     console.print(
         f"chosen of {report['study']['trials']} trials: trial {best['number']}{kept}, ${best['cost']:.2f} at "
-        f"{best['slo_attainment']:.2%} on the tuning part; held out:"
+        f"{best['slo_attainment']:.2%} on the tuning part ({report['resamples']} resamples too); held out:"
     )
     if report["saturated"]:
         console.print(

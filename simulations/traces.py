@@ -371,6 +371,27 @@ def scale_rate(trace: Trace, factor: float, seed: int = 0) -> Trace:
     return _take(trace, index[order], arrival[order])
 
 
+def resample_blocks(trace: Trace, block_s: float, seed: int) -> Trace:
+    """Another day like this one: the trace cut into blocks of `block_s` seconds, each slot
+    refilled with the requests of a block drawn at random from itself or its neighbours (a
+    local block bootstrap). Bursts and the order within a block are kept, and so is the
+    shape over the day (the load never jumps further than a block away); which block's
+    bursts arrive where is new. A last, shorter block stays where it is (moved, it would
+    leave a gap or run past the end), and so does the lead-in (`before`)."""
+    if not block_s > 0:
+        raise ValueError(f"block_s must be > 0, got {block_s}")
+    slots = int(trace.duration_s // block_s)
+    if slots < 2:
+        return trace
+    rng = np.random.default_rng(seed)
+    edges = np.searchsorted(trace.arrival_s, np.arange(slots + 1) * block_s, side="left")
+    drawn = np.clip(np.arange(slots) + rng.integers(-1, 2, slots), 0, slots - 1)
+    index = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in drawn] + [np.arange(edges[-1], len(trace))])
+    moved = np.repeat((np.arange(slots) - drawn) * block_s, edges[drawn + 1] - edges[drawn])
+    shift = np.concatenate([moved, np.zeros(len(trace) - edges[-1])])
+    return replace(_take(trace, index, trace.arrival_s[index] + shift), before=trace.before)
+
+
 def save_trace(trace: Trace, path: str | Path) -> None:
     """Write the normalised CSV (`arrival_s` with microsecond precision)."""
     rows = zip(trace.arrival_s.tolist(), trace.prompt_tokens.tolist(), trace.output_tokens.tolist())

@@ -32,7 +32,7 @@ from ..controller.profile import load_profile
 from .hindsight import cheapest_static_pool
 from .run import compare, edit_target, pick_target, simulate
 from .simulator import Timeline
-from .traces import Trace, slice_trace
+from .traces import Trace, resample_blocks, slice_trace
 
 matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt
@@ -69,6 +69,14 @@ RIGHT_SIZED = "right-sized static (hindsight)"
 # parameter can buy what the bound forbids.
 SATURATED_SHARE = 0.5
 POLL_SECONDS = 0.5
+# Each trial is also replayed on copies of the tuning part with its 5-minute blocks redrawn
+# (traces.resample_blocks): the cheapest trial on one replay is the one its noise favoured
+# most, and on the held-out part of the Azure conversation trace (2-s SLO) such picks missed
+# the SLO in 8 of 32 runs. Five minutes is about a pod's start-up: the scale at which the
+# load's ups and downs decide what a config costs and misses (1-minute blocks left 1 miss
+# in 10 runs). On a smooth ramp steeper than real traffic (10x in 20 minutes) the redrawn
+# blocks are steps, which Kubernetes alone cannot follow: --resamples 0 judges as before.
+RESAMPLE_BLOCK_S = 300.0
 
 
 class TuneError(ValueError):
@@ -111,6 +119,7 @@ class TuneOptions:
     # A trial must be this much cheaper than the starting config on the tuning part to replace
     # it: smaller gains are within the noise of one replay and did not hold on held-out data.
     min_gain: float = 0.05
+    resamples: int = 2  # resampled copies of the tuning part every trial also replays
 
     def __post_init__(self) -> None:
         if self.trials < 1:
@@ -121,6 +130,8 @@ class TuneOptions:
             raise TuneError(f"--workers must be at least 1, got {self.workers}")
         if not 0 <= self.min_gain < 1:
             raise TuneError(f"--min-gain must be in [0, 1), got {self.min_gain}")
+        if self.resamples < 0:
+            raise TuneError(f"--resamples must be at least 0, got {self.resamples}")
         if len({c.profile for c in self.gpu_choices}) != len(self.gpu_choices):
             raise TuneError("--gpu-choice: each profile may be given once")
 
@@ -194,7 +205,8 @@ def fingerprint(trace: Trace, config: Config, options: TuneOptions) -> str:
     digest = hashlib.sha256(config.model_dump_json().encode())
     for column in (trace.arrival_s, trace.prompt_tokens, trace.output_tokens):
         digest.update(np.ascontiguousarray(column).tobytes())
-    digest.update(repr((options.target_name, options.gpu_choices, SEARCH_SPACE, OPTIONAL_SPACE)).encode())
+    setup = (options.target_name, options.gpu_choices, options.resamples, SEARCH_SPACE, OPTIONAL_SPACE)
+    digest.update(repr(setup).encode())
     return digest.hexdigest()[:16]
 
 
@@ -211,11 +223,19 @@ def open_study(storage: str, study_name: str) -> optuna.Study:
     )
 
 
+def replays(tuning: Trace, resamples: int) -> tuple[Trace, ...]:
+    """The tuning part, then `resamples` copies of it with its blocks redrawn."""
+    copies = (resample_blocks(tuning, RESAMPLE_BLOCK_S, seed) for seed in range(1, resamples + 1))
+    return (tuning, *(replace(c, name=f"{tuning.name}, resample {i}") for i, c in enumerate(copies, 1)))
+
+
 @dataclass(frozen=True)
 class Objective:
-    """One trial: the controller with the suggested parameters over the tuning part."""
+    """One trial: the controller with the suggested parameters over the tuning part and its
+    resamples. Its cost is the mean over them; it meets the SLO if it does on the tuning part
+    and on all the replays' requests together."""
 
-    trace: Trace
+    replays: tuple[Trace, ...]
     config: Config
     target_name: str | None
     gpu_choices: tuple[GpuChoice, ...]
@@ -234,14 +254,15 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         config = tuned_config(self.config, self.target_name, self.suggest(trial), self.gpu_choices)
-        result = simulate(self.trace, config, "controller", self.target_name)
-        summary, target = result.summary, pick_target(config, self.target_name)
-        required = target.slo.attainment
-        trial.set_user_attr("slo_attainment", summary["slo_attainment"])
-        trial.set_user_attr("ttft_p99", summary["ttft_p99"])
-        trial.set_user_attr("at_max_share", at_max_share(result.timeline, target))
-        trial.set_constraint("slo_shortfall", required - summary["slo_attainment"])  # feasible <= 0
-        return summary["cost_total"]
+        results = [simulate(trace, config, "controller", self.target_name) for trace in self.replays]
+        summaries, target = [r.summary for r in results], pick_target(config, self.target_name)
+        attained = judged_attainment(summaries)
+        trial.set_user_attr("slo_attainment", attained)
+        trial.set_user_attr("slo_attainment_by_replay", [s["slo_attainment"] for s in summaries])
+        trial.set_user_attr("ttft_p99", summaries[0]["ttft_p99"])
+        trial.set_user_attr("at_max_share", at_max_share(results[0].timeline, target))
+        trial.set_constraint("slo_shortfall", target.slo.attainment - attained)  # feasible <= 0
+        return float(np.mean([s["cost_total"] for s in summaries]))
 
 
 def at_max_share(timeline: Timeline, target: Target) -> float:
@@ -293,10 +314,12 @@ def best_feasible(study: optuna.Study, required: float) -> FrozenTrial:
     except ValueError:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         closest = max(done, key=lambda t: t.user_attrs["slo_attainment"])
+        per_replay = percentages(closest.user_attrs["slo_attainment_by_replay"])
         raise TuneError(
             f"none of the {len(done)} trials met the SLO attainment {required:.2%} on the tuning part "
-            f"(closest: trial {closest.number}, {closest.user_attrs['slo_attainment']:.2%} at "
-            f"${closest.value:.2f}); run more trials (same --storage and --study-name resumes)"
+            f"and its resamples (closest: trial {closest.number}, {closest.user_attrs['slo_attainment']:.2%} "
+            f"at ${closest.value:.2f}; per replay {per_replay}); run more trials (same --storage and "
+            f"--study-name resumes), or judge on the tuning part alone with --resamples 0"
         ) from None
 
 
@@ -322,20 +345,38 @@ def pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
 
 
 # ---- the whole run -------------------------------------------------------------------------
-def check_reachable(trace: Trace, config: Config, target_name: str | None) -> dict:
-    """Fail up front when even every pool at its maximum misses the SLO on the tuning part."""
-    summary = simulate(trace, max_capacity_config(config, target_name), "static", target_name).summary
-    target = pick_target(config, target_name)
-    if summary["slo_attainment"] < target.slo.attainment:
+def check_reachable(parts: tuple[Trace, ...], config: Config, target_name: str | None) -> dict:
+    """Fail up front when even every pool at its maximum misses the SLO on the tuning part
+    and its resamples (judged as trials are); returns the tuning part's summary."""
+    static = max_capacity_config(config, target_name)
+    summaries = [simulate(part, static, "static", target_name).summary for part in parts]
+    target, attained = pick_target(config, target_name), judged_attainment(summaries)
+    if attained < target.slo.attainment:
         replicas, containers = max_capacity(target)
+        shares = percentages([s["slo_attainment"] for s in summaries])
+        resampled = (
+            f" (with its {len(parts) - 1} resamples; per replay {shares}; --resamples 0 judges on the "
+            "tuning part alone)" if len(parts) > 1 else ""
+        )  # fmt: skip
         raise TuneError(
             f"the SLO is out of reach: with every pool at its maximum ({replicas} Kubernetes "
-            f"replicas, {containers} Modal containers) only {summary['slo_attainment']:.2%} of the "
-            f"tuning part's requests meet TTFT <= {target.slo.ttft_seconds} s, below the required "
+            f"replicas, {containers} Modal containers) only {attained:.2%} of the tuning part's "
+            f"requests meet TTFT <= {target.slo.ttft_seconds} s{resampled}, below the required "
             f"{target.slo.attainment:.2%}; raise max_replicas / max_containers or relax the SLO of "
             f"target {target.name!r}"
         )
-    return summary
+    return summaries[0]
+
+
+def judged_attainment(summaries: list[dict]) -> float:
+    """The SLO attainment a config is judged by: on the tuning part (the first summary), and
+    on the requests of every replay together, whichever is lower."""
+    late = sum((1 - s["slo_attainment"]) * s["requests"] for s in summaries)
+    return min(summaries[0]["slo_attainment"], 1 - late / sum(s["requests"] for s in summaries))
+
+
+def percentages(shares: list[float]) -> str:
+    return ", ".join(f"{share:.2%}" for share in shares)
 
 
 def evaluate_held_out(
@@ -363,7 +404,8 @@ def tune(
     started = time.perf_counter()
     required = pick_target(config, options.target_name).slo.attainment
     tuning, held_out = split_trace(trace, options.split)
-    max_capacity = check_reachable(tuning, config, options.target_name)
+    parts = replays(tuning, options.resamples)
+    max_capacity = check_reachable(parts, config, options.target_name)
     out.mkdir(parents=True, exist_ok=True)
     storage = options.storage or str(out / "study.journal")
     study = open_study(storage, options.study_name)
@@ -374,7 +416,8 @@ def tune(
     for variant in measured_at_bucket_bounds(start, slo_s):
         study.enqueue_trial(variant, skip_if_exists=True)
     trials_started = time.perf_counter()
-    run_trials(study, storage, Objective(tuning, config, options.target_name, options.gpu_choices), options, on_trial)
+    objective = Objective(parts, config, options.target_name, options.gpu_choices)
+    run_trials(study, storage, objective, options, on_trial)
     trials_wall = time.perf_counter() - trials_started
 
     best = choose(study, start, required, options.min_gain)
@@ -396,6 +439,7 @@ def tune(
         "kept_starting_config": best.params == start,
         "saturated": (best.user_attrs.get("at_max_share") or 0.0) > SATURATED_SHARE,
         "min_gain": options.min_gain,
+        "resamples": options.resamples,
         "held_out": held_out_summaries,
         "pareto_front": [trial_info(t, required) for t in front],
     }
@@ -452,6 +496,7 @@ def trial_info(trial: FrozenTrial, required: float) -> dict:
     attained = trial.user_attrs["slo_attainment"]
     return {
         "number": trial.number, "cost": trial.value, "slo_attainment": attained,
+        "slo_attainment_by_replay": trial.user_attrs.get("slo_attainment_by_replay"),
         "ttft_p99": trial.user_attrs["ttft_p99"], "feasible": attained >= required,
         "at_max_share": trial.user_attrs.get("at_max_share"), "params": trial.params,
     }  # fmt: skip
@@ -483,7 +528,7 @@ def plot_pareto(
     ax.step(*points(front), where="post", color="k", lw=1, label="Pareto front")
     ax.scatter(*points([best]), s=140, marker="*", color="gold", edgecolor="k", zorder=3, label="chosen")
     ax.axhline(100 * required, color="k", ls="--", lw=0.8)
-    ax.set_xlabel("cost on the tuning part ($)")
+    ax.set_xlabel("cost on the tuning part, mean over its replays ($)")
     ax.set_ylabel("requests within the TTFT SLO (%)")
     ax.set_title(f"{len(trials)} trials: cost vs SLO attainment")
     ax.legend(loc="lower right")

@@ -31,8 +31,9 @@ def main(trials: int = GOAL_TRIALS, hours: float = 6.0) -> None:
     best, held_out = report["best_trial"], report["held_out"]
     print(f"trace: {len(trace):,} requests over {hours:g} h; tuning part {report['tuning_part']['requests']:,}")
     print(
-        f"{trials} trials on {workers} processes: {wall:.1f} s wall ({trials_wall:.1f} s in trials, "
-        f"{fixed:.1f} s max-capacity check + held-out comparison), {60 * trials / trials_wall:.1f} trials/min"
+        f"{trials} trials ({1 + report['resamples']} replays each) on {workers} processes: {wall:.1f} s wall "
+        f"({trials_wall:.1f} s in trials, {fixed:.1f} s max-capacity check + held-out comparison), "
+        f"{60 * trials / trials_wall:.1f} trials/min"
     )
     print(f"{GOAL_TRIALS} trials -> {at_goal / 60:.1f} min (goal <= {GOAL_MINUTES} min)"
           + ("" if trials == GOAL_TRIALS else f", extrapolated from {trials}"))
@@ -42,7 +43,8 @@ def main(trials: int = GOAL_TRIALS, hours: float = 6.0) -> None:
     print(f"CPU time {cpu:.0f} s ({cpu / trials:.1f} s per trial incl. fixed parts): "
           f"{cpu / workers / 60:.1f} min on {workers} otherwise idle cores; load average now "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"best trial {best['number']}: ${best['cost']:.2f} at {best['slo_attainment']:.2%} on the tuning part")
+    print(f"best trial {best['number']}: ${best['cost']:.2f} at {best['slo_attainment']:.2%} on the tuning part "
+          f"(per replay: {', '.join(f'{a:.2%}' for a in best['slo_attainment_by_replay'])})")
     for name, summary in held_out.items():
         print(f"  held out {name:>12}: ${summary['cost_total']:8.2f}, SLO attainment {summary['slo_attainment']:.2%}")
 

@@ -10,10 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from vllm_autoscaler.simulations.traces import (
+    Trace,
     TraceError,
     load_trace,
+    resample_blocks,
     save_trace,
     scale_rate,
+    slice_trace,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "traces"
@@ -266,6 +269,33 @@ def test_rate_scale_is_reproducible_and_seeded():
     a, b, c = (scale_rate(full, 1.7, seed) for seed in (1, 1, 2))
     np.testing.assert_array_equal(a.arrival_s, b.arrival_s)
     assert len(a) != len(c) or not np.array_equal(a.arrival_s, c.arrival_s)
+
+
+def tagged_blocks(blocks: int, block_s: float) -> Trace:
+    """Block i holds i + 1 requests whose prompt length is i + 1: a request names its block."""
+    block = np.repeat(np.arange(blocks), np.arange(1, blocks + 1))
+    offset = np.concatenate([np.linspace(0, block_s, i + 1, endpoint=False) + 1 for i in range(blocks)])
+    return Trace(block * block_s + offset, block + 1, np.full(len(block), 10), name="tagged")
+
+
+def test_resampled_blocks_come_whole_from_the_same_or_a_neighbouring_slot():
+    block_s = 60.0
+    trace = slice_trace(tagged_blocks(12, block_s), 2 * block_s)  # after a lead-in of blocks 0-1
+    block_of = trace.prompt_tokens - 3  # re-based: block 2 (tag 3) is now block 0
+    copies = [resample_blocks(trace, block_s, seed) for seed in (1, 1, 2)]
+    for copy in copies:
+        assert np.all(np.diff(copy.arrival_s) >= 0) and copy.before is trace.before
+        slot, drawn = (copy.arrival_s // block_s).astype(int), copy.prompt_tokens - 3
+        assert set(slot) == set(range(10))
+        for j in range(10):
+            (block,) = set(drawn[slot == j])  # one block per slot, from itself or a neighbour
+            assert abs(block - j) <= 1
+            shifted = trace.arrival_s[block_of == block] + (j - block) * block_s
+            np.testing.assert_allclose(copy.arrival_s[slot == j], shifted)  # whole, same offsets
+        assert set(drawn[slot == 9]) == {9}  # the last block ends early (at 9:56): it stays
+    np.testing.assert_array_equal(copies[0].arrival_s, copies[1].arrival_s)  # seeded
+    assert not np.array_equal(copies[0].prompt_tokens, trace.prompt_tokens)  # blocks moved
+    assert not np.array_equal(copies[0].prompt_tokens, copies[2].prompt_tokens)
 
 
 @pytest.mark.parametrize(("option", "value"), [("rate_scale", 0), ("time_scale", -1.0)])
