@@ -314,12 +314,11 @@ def best_feasible(study: optuna.Study, required: float) -> FrozenTrial:
     except ValueError:
         done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         closest = max(done, key=lambda t: t.user_attrs["slo_attainment"])
-        per_replay = percentages(closest.user_attrs["slo_attainment_by_replay"])
         raise TuneError(
-            f"none of the {len(done)} trials met the SLO attainment {required:.2%} on the tuning part "
-            f"and its resamples (closest: trial {closest.number}, {closest.user_attrs['slo_attainment']:.2%} "
-            f"at ${closest.value:.2f}; per replay {per_replay}); run more trials (same --storage and "
-            f"--study-name resumes), or judge on the tuning part alone with --resamples 0"
+            f"none of the {len(done)} trials met the SLO attainment {required:.2%} (closest: trial "
+            f"{closest.number}, {closest.user_attrs['slo_attainment']:.2%} at ${closest.value:.2f} "
+            f"{judged_on(closest.user_attrs['slo_attainment_by_replay'])}); run more trials (same "
+            "--storage and --study-name resumes)"
         ) from None
 
 
@@ -353,17 +352,12 @@ def check_reachable(parts: tuple[Trace, ...], config: Config, target_name: str |
     target, attained = pick_target(config, target_name), judged_attainment(summaries)
     if attained < target.slo.attainment:
         replicas, containers = max_capacity(target)
-        shares = percentages([s["slo_attainment"] for s in summaries])
-        resampled = (
-            f" (with its {len(parts) - 1} resamples; per replay {shares}; --resamples 0 judges on the "
-            "tuning part alone)" if len(parts) > 1 else ""
-        )  # fmt: skip
         raise TuneError(
             f"the SLO is out of reach: with every pool at its maximum ({replicas} Kubernetes "
-            f"replicas, {containers} Modal containers) only {attained:.2%} of the tuning part's "
-            f"requests meet TTFT <= {target.slo.ttft_seconds} s{resampled}, below the required "
-            f"{target.slo.attainment:.2%}; raise max_replicas / max_containers or relax the SLO of "
-            f"target {target.name!r}"
+            f"replicas, {containers} Modal containers) only {attained:.2%} of the requests meet "
+            f"TTFT <= {target.slo.ttft_seconds} s {judged_on([s['slo_attainment'] for s in summaries])}, "
+            f"below the required {target.slo.attainment:.2%}; raise max_replicas / max_containers or "
+            f"relax the SLO of target {target.name!r}"
         )
     return summaries[0]
 
@@ -375,8 +369,14 @@ def judged_attainment(summaries: list[dict]) -> float:
     return min(summaries[0]["slo_attainment"], 1 - late / sum(s["requests"] for s in summaries))
 
 
-def percentages(shares: list[float]) -> str:
-    return ", ".join(f"{share:.2%}" for share in shares)
+def judged_on(by_replay: list[float]) -> str:
+    """What an SLO attainment was measured on, for messages; `by_replay` the attainments."""
+    if len(by_replay) == 1:
+        return "on the tuning part"
+    return (
+        f"on the tuning part and its {len(by_replay) - 1} resamples (per replay "
+        f"{', '.join(f'{a:.2%}' for a in by_replay)}; --resamples 0 judges on the tuning part alone)"
+    )
 
 
 def evaluate_held_out(

@@ -126,8 +126,8 @@ def test_no_trial_meeting_the_slo_on_every_replay_is_a_clear_error(tmp_path):
     with pytest.raises(TuneError) as error:
         run(tmp_path, trials=1, trace=STEEP, overrides=K8S_ONLY, workers=1)
     message = str(error.value)
-    assert "none of the 1 trials met the SLO attainment 99.00% on the tuning part and its resamples" in message
-    assert "per replay 99.82%, " in message and "--resamples 0" in message
+    assert "none of the 1 trials met the SLO attainment 99.00% (closest: trial 0" in message
+    assert "on the tuning part and its 2 resamples (per replay 99.82%, " in message and "--resamples 0" in message
 
 
 def test_the_starting_config_stays_unless_a_trial_is_enough_cheaper(tmp_path):
@@ -246,7 +246,8 @@ def test_command_warns_when_the_tuned_config_misses_the_slo_held_out(tmp_path):
              "--set", "targets.0.kubernetes.max_replicas=20", "--set", "targets.0.modal.max_containers=20"],
             (
                 "the SLO is out of reach: with every pool at its maximum (20 Kubernetes replicas, "
-                "20 Modal containers) only 0.00% of the tuning part's requests meet TTFT <= 0.01 s"
+                "20 Modal containers) only 0.00% of the requests meet TTFT <= 0.01 s on the tuning part and "
+                "its 2 resamples (per replay 0.00%, 0.00%, 0.00%; --resamples 0 judges on the tuning part alone)"
             ),
         ),
     ],
@@ -266,7 +267,7 @@ def test_command_explains_an_slo_every_pool_at_its_maximum_meets_only_on_the_tun
     assert result.exit_code == 2
     message = " ".join(result.output.split())
     assert "the SLO is out of reach: with every pool at its maximum (5 Kubernetes replicas, 0 Modal" in message
-    assert "with its 2 resamples; per replay 99.71%, 97.91%, 99.71%; --resamples 0 judges" in message
+    assert "on the tuning part and its 2 resamples (per replay 99.71%, 97.91%, 99.71%; --resamples 0" in message
 
 
 def test_command_refuses_a_split_that_leaves_no_requests(tmp_path):
