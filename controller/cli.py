@@ -179,7 +179,7 @@ def tune(
     ] = 0.05,
     resamples: Annotated[
         int, typer.Option(help="Copies of the tuning part, its 5-minute blocks redrawn, that every trial also replays")
-    ] = 2,
+    ] = 4,
     start: StartOpt = None,
     end: EndOpt = None,
     rate_scale: RateOpt = 1.0,
