@@ -203,9 +203,10 @@ def tune(
         fail(str(exc))
     best = report["best_trial"]
     kept = " (the starting config: no trial was enough cheaper)" if report["kept_starting_config"] else ""
+    resampled = f" and its {report['resamples']} resamples" if report["resamples"] else ""
     console.print(
         f"chosen of {report['study']['trials']} trials: trial {best['number']}{kept}, ${best['cost']:.2f} at "
-        f"{best['slo_attainment']:.2%} on the tuning part ({report['resamples']} resamples too); held out:"
+        f"{best['slo_attainment']:.2%} on the tuning part{resampled}; held out:"
     )
     if report["saturated"]:
         console.print(

@@ -384,11 +384,11 @@ def resample_blocks(trace: Trace, block_s: float, seed: int) -> Trace:
     if slots < 2:
         return trace
     rng = np.random.default_rng(seed)
-    edges = np.searchsorted(trace.arrival_s, np.arange(slots + 1) * block_s, side="left")
-    drawn = np.clip(np.arange(slots) + rng.integers(-1, 2, slots), 0, slots - 1)
-    index = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in drawn] + [np.arange(edges[-1], len(trace))])
-    moved = np.repeat((np.arange(slots) - drawn) * block_s, edges[drawn + 1] - edges[drawn])
-    shift = np.concatenate([moved, np.zeros(len(trace) - edges[-1])])
+    # Block i holds requests edges[i]:edges[i + 1]; block `slots` is the shorter last one.
+    edges = np.r_[np.searchsorted(trace.arrival_s, np.arange(slots + 1) * block_s, side="left"), len(trace)]
+    drawn = np.r_[np.clip(np.arange(slots) + rng.integers(-1, 2, slots), 0, slots - 1), slots]
+    index = np.concatenate([np.arange(edges[b], edges[b + 1]) for b in drawn])
+    shift = np.repeat((np.arange(slots + 1) - drawn) * block_s, edges[drawn + 1] - edges[drawn])
     return replace(_take(trace, index, trace.arrival_s[index] + shift), before=trace.before)
 
 
