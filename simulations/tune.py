@@ -72,11 +72,11 @@ POLL_SECONDS = 0.5
 # Each trial is also replayed on copies of the tuning part with its 5-minute blocks redrawn
 # (traces.resample_blocks): the cheapest trial on one replay is the one its noise favoured
 # most. On the Azure conversation trace at a 2-s SLO, such picks missed the SLO on the
-# held-out part in 8 of 32 runs; judged on 3 replays in 3 of 32, on 5 in none of 16. Five
+# held-out part in 8 of 32 runs; judged on 3 replays in 3 of 32, on 5 in none of 32. Five
 # minutes is about a pod's start-up: the scale at which the load's ups and downs decide
-# what a config costs and misses (1-minute blocks left 1 miss in 10 runs). On a smooth ramp
-# steeper than real traffic (10x in 20 minutes) the redrawn blocks are steps, which
-# Kubernetes alone cannot follow: --resamples 0 judges as before.
+# what a config costs and misses. On a smooth ramp steeper than real traffic (10x in 20
+# minutes) the redrawn blocks are steps, which Kubernetes alone cannot follow: --resamples 0
+# judges as before.
 RESAMPLE_BLOCK_S = 300.0
 
 
