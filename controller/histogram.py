@@ -51,3 +51,30 @@ def histogram_quantile(q: float, buckets: Mapping[float, float]) -> float:
     if in_bucket == 0:  # only q == 0 over an empty lowest bucket
         return math.nan
     return lower + (bounds[b] - lower) * (rank - below) / in_bucket
+
+
+def share_above(threshold: float, buckets: Mapping[float, float]) -> float | None:
+    """Share of the observations above `threshold` (> 0) in a histogram of counts given as
+    {upper bound: cumulative count}, +Inf included; None when it observed nothing.
+
+    Exact at a bucket bound. Between two bounds, log-linear in the share above each (an
+    exponential tail, as queueing delays have): PromQL's linear interpolation spreads a bucket
+    evenly, and in the wide buckets above 1 s that counts several times the requests that
+    were late. No observation above the upper bound counts as half of one.
+    """
+    bounds = sorted(buckets)
+    if not bounds or bounds[-1] != math.inf:
+        return None
+    counts = list(accumulate((buckets[bound] for bound in bounds), max))
+    total = counts[-1]
+    if total <= 0:
+        return None
+    b = bisect_left(bounds, threshold)
+    lower, above_lower = (bounds[b - 1], total - counts[b - 1]) if b else (0.0, total)
+    above_upper = total - counts[b]
+    if bounds[b] == threshold:
+        return above_upper / total
+    if bounds[b] == math.inf or above_lower <= 0:  # nothing known past the last finite bound
+        return above_lower / total
+    position = (threshold - lower) / (bounds[b] - lower)
+    return above_lower / total * (max(above_upper, min(0.5, above_lower)) / above_lower) ** position

@@ -10,14 +10,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
+
+V = TypeVar("V")
+# A latency histogram over the rate window: (upper bound, cumulative count) pairs, +Inf last.
+Buckets = tuple[tuple[float, float], ...]
 
 
 @dataclass(frozen=True, slots=True)
-class Sample:
-    """One measured value and when it was measured; `value is None` means missing."""
+class Sample(Generic[V]):
+    """One measured value (a number, or a histogram's buckets) and when it was measured;
+    `value is None` means missing."""
 
-    value: float | None
+    value: V | None
     at: float
 
     @staticmethod
@@ -27,7 +32,7 @@ class Sample:
     def age(self, now: float) -> float:
         return now - self.at
 
-    def fresh(self, now: float, max_age_s: float) -> float | None:
+    def fresh(self, now: float, max_age_s: float) -> V | None:
         """The value if present and no older than `max_age_s`, else None (missing)."""
         if self.value is None or now - self.at > max_age_s:
             return None
@@ -71,10 +76,16 @@ class Observation:
     ttft_p50: Sample = MISSING  # seconds, histogram_quantile over the rate window
     ttft_p95: Sample = MISSING
     ttft_p99: Sample = MISSING
+    # The TTFT histogram itself (counts over the window): the share of requests over any
+    # threshold, where a quantile only tells which bucket it falls in.
+    ttft_buckets: Sample[Buckets] = MISSING
     itl_p50: Sample = MISSING
     itl_p95: Sample = MISSING
     itl_p99: Sample = MISSING
     arrival_rate: Sample = MISSING  # requests/s over the rate window
+    # requests/s between the last two scrapes (PromQL's irate): a burst shorter than the
+    # rate window, which the window's mean averages away
+    arrival_rate_instant: Sample = MISSING
     prompt_tokens_rate: Sample = MISSING  # prompt tokens/s
     output_tokens_rate: Sample = MISSING  # generated tokens/s
     replicas_reporting: Sample = MISSING

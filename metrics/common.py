@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 
 from ..controller.histogram import histogram_quantile
-from ..controller.types import Sample
+from ..controller.types import Buckets, Sample
 
 __all__ = ["QUANTILES", "MetricsUnavailable", "histogram_quantile", "measured", "screened"]
 
@@ -34,12 +34,31 @@ def measured(value: float | None, at: float, limit: float = math.inf) -> Sample:
     return Sample(float(value), at)
 
 
-def screened(values: Mapping[str, float | None], at: float) -> tuple[dict[str, Sample], list[str]]:
-    """The Observation fields of `values` measured at `at`, and a line for each value that
-    was rejected as a fault. Absent is not a fault, nor is a NaN latency quantile (PromQL's
-    answer for a window without requests)."""
+def bucket_fault(buckets: Mapping[float, float]) -> str | None:
+    """What makes a histogram's window counts unusable, if anything."""
+    if math.inf not in buckets:
+        return "no +Inf bucket"
+    counts = list(buckets.values())
+    if not all(math.isfinite(c) and 0 <= c < ABSURD for c in counts):
+        return "a count that is negative, infinite or not a number"
+    return None
+
+
+def screened(values: Mapping[str, float | Mapping[float, float] | None],
+             at: float) -> tuple[dict[str, Sample], list[str]]:
+    """The Observation fields of `values` measured at `at` (a number, or a histogram's window
+    counts by upper bound), and a line for each value that was rejected as a fault. Absent is
+    not a fault, nor is a NaN latency quantile (PromQL's answer for a window without
+    requests), nor a histogram that observed nothing."""
     samples, rejected = {}, []
     for field, value in values.items():
+        if isinstance(value, Mapping):
+            fault = bucket_fault(value) if value else None
+            usable: Buckets | None = tuple(sorted(value.items())) if value and not fault else None
+            samples[field] = Sample(usable, at)
+            if fault:
+                rejected.append(f"{field}: {fault}, read as missing")
+            continue
         limit = LIMITS.get(field, ABSURD)
         samples[field] = measured(value, at, limit)
         if value is None or samples[field].value is not None:

@@ -14,6 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import requests
 from prometheus_api_client import PrometheusApiClientException, PrometheusConnect
@@ -35,7 +36,9 @@ QUERIES: dict[str, tuple[Signal, str]] = {
     "kv_usage_max": (Signal.KV_USAGE, "max({series})"),
     **{f"ttft_{p}": (Signal.TTFT, _QUANTILE.format(q=q)) for p, q in QUANTILES.items()},
     **{f"itl_{p}": (Signal.ITL, _QUANTILE.format(q=q)) for p, q in QUANTILES.items()},
+    "ttft_buckets": (Signal.TTFT, "sum by (le) (increase({series}[{window}]))"),
     "arrival_rate": (Signal.FINISHED, _RATE),
+    "arrival_rate_instant": (Signal.FINISHED, "sum(irate({series}[{window}]))"),
     "prompt_tokens_rate": (Signal.PROMPT_TOKENS, _RATE),
     "output_tokens_rate": (Signal.OUTPUT_TOKENS, _RATE),
 }
@@ -73,6 +76,16 @@ def duration_seconds(duration: str) -> float:
     return sum(int(number) * _UNIT_SECONDS[unit] for number, unit in parts)
 
 
+def put(values: dict[str, Any], labels: Mapping[str, str], value: str) -> None:
+    """File one element of a combined query's answer under its field: a number, or for a
+    histogram's buckets (labelled `le`) one count of the {upper bound: count} mapping."""
+    field = labels["signal"]
+    if "le" in labels:
+        values.setdefault(field, {})[float(labels["le"])] = float(value)
+    else:
+        values[field] = float(value)
+
+
 class PrometheusMetrics:
     """A MetricSource reading the vLLM series selected by `config.selector` from Prometheus."""
 
@@ -100,7 +113,9 @@ class PrometheusMetrics:
         names = self._present_names()
         results = self._query(self._signals_query(names))
         evaluated_at = float(results[0]["value"][0])  # the same for all: one query
-        values = {r["metric"]["signal"]: float(r["value"][1]) for r in results}
+        values: dict[str, Any] = {}
+        for result in results:
+            put(values, result["metric"], result["value"][1])
         # Ages as Prometheus measures them, placed on our clock: the two clocks need not agree.
         age = evaluated_at - values.pop(_MEASURED_AT, evaluated_at)
         nothing = (f"Prometheus has no vLLM series under the selector {{{self._matchers}}} "
@@ -127,15 +142,14 @@ class PrometheusMetrics:
         if not names:
             return []
         query = self._combined(self._expressions(names))
-        values: defaultdict[float, dict[str, float]] = defaultdict(dict)
+        values: defaultdict[float, dict[str, Any]] = defaultdict(dict)
         end = self._clock()
         start = end - seconds
         while start <= end:
             stop = min(start + (MAX_POINTS_PER_QUERY - 1) * step_s, end)
             for series in self._query_range(query, start, stop, step_s):
-                field = series["metric"]["signal"]
                 for at, value in series["values"]:
-                    values[float(at)][field] = float(value)
+                    put(values[float(at)], series["metric"], value)
             start = stop + step_s
         return [Observation(time=at, **screened({f: found.get(f) for f in QUERIES}, at)[0])
                 for at, found in sorted(values.items())]

@@ -169,6 +169,7 @@ class ScrapeMetrics:
         windows = [(previous[url], r) for url, r in current.items() if url in previous]
         running, waiting, kv = (gauge_values(signal, replicas)
                                 for signal in (Signal.RUNNING, Signal.WAITING, Signal.KV_USAGE))
+        arrival_rate = window_rate(Signal.FINISHED, windows)
         values = {
             "running": sum(running) if running else None,
             "waiting": sum(waiting) if waiting else None,
@@ -176,7 +177,11 @@ class ScrapeMetrics:
             "kv_usage_max": max(kv, default=None),
             **window_quantiles("ttft", Signal.TTFT, windows),
             **window_quantiles("itl", Signal.ITL, windows),
-            "arrival_rate": window_rate(Signal.FINISHED, windows),
+            "ttft_buckets": window_histogram(Signal.TTFT, windows),
+            "arrival_rate": arrival_rate,
+            # The window is the time between two collections: its rate is already the rate
+            # between the last two scrapes.
+            "arrival_rate_instant": arrival_rate,
             "prompt_tokens_rate": window_rate(Signal.PROMPT_TOKENS, windows),
             "output_tokens_rate": window_rate(Signal.OUTPUT_TOKENS, windows),
             "replicas_reporting": len(replicas),

@@ -312,14 +312,23 @@ class Simulation:
             ttft_p50=sample(quantile(0.5, self.ttft_window)),
             ttft_p95=sample(quantile(0.95, self.ttft_window)),
             ttft_p99=sample(quantile(0.99, self.ttft_window)),
+            ttft_buckets=sample(tuple(self.ttft_window.items())),
             itl_p50=sample(quantile(0.5, itl)),
             itl_p95=sample(quantile(0.95, itl)),
             itl_p99=sample(quantile(0.99, itl)),
             arrival_rate=rate(latest.arrived - base.arrived),
+            arrival_rate_instant=self._instant_rate(),
             prompt_tokens_rate=rate(latest.prompt_arrived - base.prompt_arrived),
             output_tokens_rate=rate(latest.tokens_done - base.tokens_done),
             replicas_reporting=sample(float(len(kv))),
         )
+
+    def _instant_rate(self) -> Sample:
+        """Arrivals per second between the last two scrapes (PromQL's irate)."""
+        if len(self.scrapes) < 2:
+            return Sample.missing()
+        before, latest = self.scrapes[-2], self.scrapes[-1]
+        return Sample((latest.arrived - before.arrived) / (latest.time - before.time), latest.time)
 
     def apply(self, decision: Decision, now: float) -> None:
         if self.k8s and decision.kubernetes_replicas is not None:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from ...config.schema import ControllerPolicy as Params
 from ...config.schema import Target
+from ..histogram import share_above
 from ..capacity import replica_capacity
 from ..forecast import RateForecaster
 from ..profile import ReplicaProfile
@@ -44,6 +45,9 @@ MODAL_STABILIZATION_S = 60.0
 # is a burst shorter than the rate window; a recurring one raises the reserve by this factor.
 BURSTY_BELOW_UTILIZATION = 0.5
 BURST_RESERVE_GROWTH = 1.25
+# A rate between two scrapes above this multiple of the window's is a burst the window's
+# mean averages away (a Poisson count over 15 s at 1 req/s reaches 2x once a day).
+SUDDEN_ABOVE_RATE = 2.0
 # History kept beyond the season (or the base load's window): a forecast looks up to this far
 # ahead of now, one season back.
 HISTORY_MARGIN_S = 3600.0
@@ -52,31 +56,42 @@ MIX_ALPHA = 0.05
 
 
 class BurstReserve:
-    """Warm replicas kept for recurring bursts shorter than the rate window.
+    """Warm replicas kept for bursts shorter than the rate window.
 
     Such bursts average away in the measured rate, and only capacity already warm when one
     starts serves it within the TTFT SLO (a pod takes minutes, a Modal container seconds).
-    An overload that leaves most warm capacity idle on average is such a burst; when another
-    came within `memory_s`, the reserve rises above the warm capacity that failed. Each
-    `memory_s` without one halves it, so it settles near what the bursts need.
+    A burst shows in two ways: the rate between two scrapes well above the window's (then
+    the reserve holds what that rate needs), or, for one too short even for that, an
+    overload that leaves most warm capacity idle on average. An overload again within
+    `memory_s` raises the reserve above the warm capacity that failed. Each `memory_s`
+    without a burst halves it, so it settles near what the bursts need.
     """
 
-    def __init__(self, memory_s: float):
-        self.memory_s = memory_s
+    def __init__(self, memory_s: float, margin: float):
+        self.memory_s, self.margin = memory_s, margin  # margin: replicas' worth per unit of load
         self.level = 0
         self.last_burst = self.last_change = -math.inf
-        self.recent: deque[tuple[float, int, float]] = deque()  # (time, warm, rate)
+        self.recent: deque[tuple[float, int, float, float]] = deque()  # (time, warm, rate, instant)
 
-    def update(self, overload: bool, warm: int, rate: float, capacity: float, now: float) -> int:
-        self.recent.append((now, warm, rate))
+    def update(self, overload: bool, warm: int, rate: float, instant: float | None,
+               capacity: float, now: float) -> int:
+        """The reserve, given whether the SLO is under pressure, the replicas held warm, the
+        window's rate and the rate between the last two scrapes (None: unknown)."""
+        if not self.memory_s:  # turned off
+            return 0
+        self.recent.append((now, warm, rate, rate if instant is None else instant))
         while self.recent[0][0] < now - METRICS_WINDOW_S:
             self.recent.popleft()
-        least_warm = min(w for _, w, _ in self.recent)
-        peak_rate = max(r for _, _, r in self.recent)
-        if overload and peak_rate < BURSTY_BELOW_UTILIZATION * least_warm * capacity:
-            if now - self.last_burst <= self.memory_s:
-                grown = max(least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
-                self.level = max(self.level, grown)
+        least_warm = min(w for _, w, _, _ in self.recent)
+        peak_rate = max(r for _, _, r, _ in self.recent)
+        peak_instant = max(i for _, _, _, i in self.recent)
+        sudden = peak_instant > SUDDEN_ABOVE_RATE * peak_rate
+        too_short = overload and peak_rate < BURSTY_BELOW_UTILIZATION * least_warm * capacity
+        if sudden or too_short:
+            needed = math.ceil(peak_instant * self.margin / capacity) if sudden else 0
+            if overload and now - self.last_burst <= self.memory_s:
+                needed = max(needed, least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
+            self.level = max(self.level, needed)
             self.last_burst = self.last_change = now
         elif self.level and now - self.last_change >= self.memory_s:
             self.level //= 2
@@ -149,18 +164,6 @@ class SpillPricing:
         return self.pods
 
 
-def share_above(threshold: float, p50: float, p95: float, p99: float) -> float:
-    """Share of requests slower than `threshold`, from three quantiles: log-linear between
-    them (an exponential tail, as queueing delays have), extrapolated past p99 the same way."""
-    points = ((p50, 0.5), (p95, 0.05), (p99, 0.01))
-    if threshold <= p50:
-        return 0.5
-    (x0, f0), (x1, f1) = points[:2] if threshold <= p95 else points[1:]
-    if x1 <= x0:
-        return f1 if threshold <= x1 else 0.0
-    return f0 * (f1 / f0) ** ((threshold - x0) / (x1 - x0))
-
-
 class ErrorBudget:
     """How fast the TTFT error budget burns over the last `window_s`: the share of requests
     over the SLO divided by the share allowed (1 = exactly on budget)."""
@@ -198,7 +201,7 @@ class ControllerPolicy:
         self.output_mean = 200.0
         self.correction = 1.0
         self.last_cut = -math.inf
-        self.burst_reserve = BurstReserve(p.burst_memory_seconds)
+        self.burst_reserve = BurstReserve(p.burst_memory_seconds, self._replicas_worth(1.0, 1.0))
         self.error_budget = ErrorBudget(p.error_budget_window_seconds, 1 - target.slo.attainment)
         self.last: Decision | None = None
         k8s, modal = target.kubernetes_pool, target.modal_pool
@@ -255,10 +258,9 @@ class ControllerPolicy:
 
     def _late_share(self, obs: Observation, now: float) -> float:
         """Share of the window's requests slower than the SLO (0 when not measured)."""
-        quantiles = [self._fresh(obs, f"ttft_{p}", now) for p in ("p50", "p95", "p99")]
-        if any(q is None or not math.isfinite(q) for q in quantiles):
-            return 0.0
-        return share_above(self.target.slo.ttft_seconds * self.p.ttft_feedback_fraction, *quantiles)
+        threshold = self.target.slo.ttft_seconds * self.p.ttft_feedback_fraction
+        buckets = self._fresh(obs, "ttft_buckets", now)
+        return (buckets and share_above(threshold, dict(buckets))) or 0.0
 
     def _pressure(self, obs: Observation, now: float, replicas: int, late: float, burn: float) -> str | None:
         """Which measured signal is above its target, if any."""
@@ -315,7 +317,8 @@ class ControllerPolicy:
             held_warm = k8s_ready
         else:
             held_warm = min(modal_ready, observation.modal.desired) if observation.modal else 0
-        reserve = self.burst_reserve.update(bool(pressure), held_warm, rate, capacity, now)
+        instant = self._fresh(observation, "arrival_rate_instant", now)
+        reserve = self.burst_reserve.update(bool(pressure), held_warm, rate, instant, capacity, now)
         floor = max(floor, reserve)
         details["burst_reserve"] = reserve
         asked = observation.kubernetes.desired if observation.kubernetes else 0

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from vllm_autoscaler.config.loader import load_config
-from vllm_autoscaler.controller.policies.autoscaler import ControllerPolicy, ErrorBudget, share_above
+from vllm_autoscaler.controller.histogram import TTFT_BUCKETS
+from vllm_autoscaler.controller.policies.autoscaler import ControllerPolicy, ErrorBudget
 from vllm_autoscaler.controller.profile import load_profile
 from vllm_autoscaler.controller.types import Observation, PoolState, Sample
 
@@ -21,7 +22,17 @@ def policy(*overrides: str) -> ControllerPolicy:
     return ControllerPolicy(config.targets[0], TICK, PROFILE)
 
 
-def observe(now, rate, k8s=(2, 0, 2), modal=(0, 0, 0), ttft=1.0, waiting=0.0, age=0.0):
+def ttft_buckets(p99: float) -> tuple[tuple[float, float], ...]:
+    """Window counts of 1000 requests with exponential TTFTs of this p99: the share above x
+    is 0.01 ** (x / p99)."""
+    return tuple((b, 1000 * (1 - 0.01 ** (b / p99))) for b in (*TTFT_BUCKETS, math.inf))
+
+
+def ttft_quantile(q: float, p99: float) -> float:
+    return p99 * math.log(1 - q) / math.log(0.01)
+
+
+def observe(now, rate, k8s=(2, 0, 2), modal=(0, 0, 0), ttft=1.0, waiting=0.0, age=0.0, instant=None):
     at = now - age
 
     def s(v):
@@ -32,9 +43,10 @@ def observe(now, rate, k8s=(2, 0, 2), modal=(0, 0, 0), ttft=1.0, waiting=0.0, ag
         kubernetes=PoolState(*k8s, at=now),
         modal=PoolState(*modal, at=now),
         running=s(rate * 5), waiting=s(waiting), kv_usage_mean=s(0.3), kv_usage_max=s(0.5),
-        ttft_p50=s(ttft / 3), ttft_p95=s(ttft / 1.5), ttft_p99=s(ttft),
+        ttft_p50=s(ttft_quantile(0.5, ttft)), ttft_p95=s(ttft_quantile(0.95, ttft)), ttft_p99=s(ttft),
+        ttft_buckets=s(ttft_buckets(ttft)),
         itl_p50=s(0.04), itl_p95=s(0.05), itl_p99=s(0.06),
-        arrival_rate=s(rate), prompt_tokens_rate=s(rate * 1000), output_tokens_rate=s(rate * 200),
+        arrival_rate=s(rate), arrival_rate_instant=s(rate if instant is None else instant), prompt_tokens_rate=s(rate * 1000), output_tokens_rate=s(rate * 200),
         replicas_reporting=s(2.0),
     )  # fmt: skip
 
@@ -135,15 +147,6 @@ def test_slo_pressure_adds_capacity_even_when_the_forecast_says_enough():
     assert b.reason.driver == "pressure"
 
 
-def test_share_over_the_slo_from_three_quantiles_has_an_exponential_tail():
-    p50, p95, p99 = 1.0, 2.0, 3.0
-    assert share_above(0.5, p50, p95, p99) == 0.5
-    assert math.isclose(share_above(2.0, p50, p95, p99), 0.05)
-    assert math.isclose(share_above(3.0, p50, p95, p99), 0.01)
-    assert math.isclose(share_above(2.5, p50, p95, p99), math.sqrt(0.05 * 0.01))  # log-linear
-    assert math.isclose(share_above(4.0, p50, p95, p99), 0.01 * 0.2)  # the tail goes on
-
-
 def test_error_budget_burn_is_the_late_share_of_the_window_over_the_allowed_share():
     budget = ErrorBudget(window_s=60.0, allowed=0.01)
     assert budget.update(0.0, requests=100, late=0) == 0
@@ -224,6 +227,27 @@ def test_recurring_bursts_the_rate_averages_away_keep_warm_pods_then_lapse():
     assert last.reason.details["burst_reserve"] < second.reason.details["burst_reserve"]
 
 
+def test_a_burst_between_two_scrapes_keeps_what_its_rate_needs_warm_then_lapses():
+    # 12 req/s for one scrape interval in a minute at 1-2 req/s: the window's mean hides it.
+    p, steady = policy(), policy()
+    memory = p.p.burst_memory_seconds
+    replay(p, [1.0] * 40)
+    replay(steady, [1.0] * 40)
+    now = 40 * TICK
+    d = p.decide(observe(now, 2.0, (2, 0, 2), instant=12.0), now)
+    needed = math.ceil(12.0 / d.reason.details["capacity_per_replica"])
+    assert d.reason.details["burst_reserve"] == needed > 2
+    assert d.kubernetes_replicas >= needed  # warm before the next one, served or not
+    # Twice the minute's rate or less is the noise of a small count: no reserve.
+    noise = steady.decide(observe(now, 2.0, (2, 0, 2), instant=3.9), now)
+    assert noise.reason.details["burst_reserve"] == 0
+    # The burst stays in the minute the peak is taken over; `memory` later the reserve halves.
+    quiet = [now + TICK * i for i in range(1, int((memory + 60) / TICK) + 1)]
+    for t in quiet:
+        last = p.decide(observe(t, 1.0, (needed, 0, needed)), t)
+    assert last.reason.details["burst_reserve"] == needed // 2
+
+
 def test_an_overload_that_the_mean_rate_explains_is_no_burst():
     p = policy()
     replay(p, [6.0] * 40)
@@ -270,8 +294,8 @@ def test_recalled_history_brings_back_the_daily_rise_and_the_spent_budget():
     # TTFT over the SLO for the last ten minutes of the history: the budget is spent.
     late = policy(alone)
     history = daily_history(now, lambda before: 1.0)
-    late.recall([replace(o, ttft_p50=Sample(4.0, o.time), ttft_p95=Sample(5.0, o.time),
-                         ttft_p99=Sample(6.0, o.time)) if o.time > now - 600 else o for o in history])
+    late.recall([replace(o, ttft_buckets=Sample(ttft_buckets(6.0), o.time)) if o.time > now - 600
+                 else o for o in history])
     assert late.decide(seen, now).reason.details["error_budget_burn"] > 1
     assert fresh.decide(seen, now + TICK).reason.details["error_budget_burn"] < 0.01
 

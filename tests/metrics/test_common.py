@@ -6,8 +6,10 @@ from itertools import pairwise
 import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
+import numpy as np
+from vllm_autoscaler.controller.histogram import TTFT_BUCKETS, share_above
 from vllm_autoscaler.controller.types import Sample
-from vllm_autoscaler.metrics.common import histogram_quantile, measured
+from vllm_autoscaler.metrics.common import histogram_quantile, measured, screened
 
 INF = math.inf
 
@@ -68,3 +70,69 @@ def test_quantiles_are_ordered_and_within_the_finite_bounds(bounds, data):
     ulp = 1e-12 * bounds[-1]  # interpolation rounds: at a bucket's top it may overshoot by one
     assert all(lower <= higher + ulp for lower, higher in pairwise(estimates))
     assert all(0 <= e <= bounds[-1] + ulp for e in estimates)
+
+
+def cumulative_counts(seen: np.ndarray) -> dict[float, float]:
+    """vLLM's TTFT histogram of the values `seen`."""
+    return {b: float(np.sum(seen <= b)) for b in (*TTFT_BUCKETS, INF)}
+
+
+def test_the_share_above_a_bucket_bound_is_exact():
+    buckets = {1.0: 90, 2.5: 99, 5.0: 100, INF: 100}
+    assert share_above(1.0, buckets) == pytest.approx(0.10)
+    assert share_above(2.5, buckets) == pytest.approx(0.01)
+
+
+def test_between_two_bounds_the_share_falls_log_linearly():
+    buckets = {1.0: 90, 2.5: 99, 5.0: 100, INF: 100}
+    # A third of the way from 1 s (10% above) to 2.5 s (1% above): 10% x (1/10)^(2/3).
+    assert share_above(1.5, buckets) == pytest.approx(0.1 * 0.1 ** (1 / 3))
+    # Nothing above 5 s: counted as half a request of the 100.
+    assert share_above(3.0, buckets) == pytest.approx(0.01 * 0.5 ** 0.2)
+    assert share_above(6.0, buckets) == 0
+
+
+def test_an_slo_inside_a_wide_bucket_reads_the_late_share_of_an_exponential_tail():
+    # Queueing delays: 20,000 TTFTs of 0.2 s prefill plus an exponential wait of mean 0.3 s.
+    seen = 0.2 + np.random.default_rng(7).exponential(0.3, 20_000)
+    buckets = cumulative_counts(seen)
+    for slo in (1.5, 2.0):  # inside (1, 2.5]
+        late = np.mean(seen > slo)
+        assert share_above(slo, buckets) == pytest.approx(late, rel=0.3)
+        # What PromQL's linear interpolation implies: several times too many late requests.
+        above_1, above_2_5 = np.mean(seen > 1.0), np.mean(seen > 2.5)
+        linear = above_1 + (above_2_5 - above_1) * (slo - 1.0) / 1.5
+        assert linear > 2.5 * late
+
+
+@pytest.mark.parametrize("buckets", [{1.0: 0, INF: 0}, {1.0: 3, 2.5: 4}, {}])
+def test_a_histogram_that_observed_nothing_or_has_no_inf_bucket_gives_no_share(buckets):
+    assert share_above(1.0, buckets) is None
+
+
+@given(bounds=bounds, data=st.data())
+def test_the_share_above_is_a_fraction_that_never_rises_with_the_threshold(bounds, data):
+    counts = data.draw(st.lists(st.integers(0, 50), min_size=len(bounds) + 1,
+                                max_size=len(bounds) + 1))
+    cumulative = dict(zip([*bounds, INF], [sum(counts[:i + 1]) for i in range(len(counts))]))
+    assume(cumulative[INF] > 0)
+    thresholds = sorted(data.draw(st.lists(st.floats(1e-4, 200), min_size=2, max_size=8)))
+    shares = [share_above(t, cumulative) for t in thresholds]
+    assert all(0 <= s <= 1 for s in shares)
+    assert all(later <= earlier + 1e-12 for earlier, later in pairwise(shares))
+
+
+@pytest.mark.parametrize("buckets, fault", [
+    ({1.0: 3.0, 2.5: 4.0}, "no +Inf bucket"),
+    ({1.0: -1.0, INF: 4.0}, "negative"),
+    ({1.0: math.nan, INF: 4.0}, "not a number"),
+])
+def test_unusable_histogram_counts_are_missing_and_named(buckets, fault):
+    samples, rejected = screened({"ttft_buckets": buckets}, at=5.0)
+    assert samples["ttft_buckets"] == Sample(None, 5.0)
+    assert len(rejected) == 1 and "ttft_buckets" in rejected[0] and fault in rejected[0]
+
+
+def test_histogram_counts_become_sorted_bucket_pairs():
+    samples, rejected = screened({"ttft_buckets": {INF: 4.0, 1.0: 3.0}}, at=5.0)
+    assert samples["ttft_buckets"] == Sample(((1.0, 3.0), (INF, 4.0)), 5.0) and not rejected

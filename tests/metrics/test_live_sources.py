@@ -24,6 +24,7 @@ from fixtures.realparts import (
 from prometheus_api_client import PrometheusConnect
 from prometheus_client.parser import text_string_to_metric_families
 from vllm_autoscaler.config.schema import PrometheusSource
+from vllm_autoscaler.controller.histogram import share_above
 from vllm_autoscaler.controller.types import Observation
 from vllm_autoscaler.metrics.common import (
     QUANTILES,
@@ -161,6 +162,35 @@ def test_ttft_quantiles_agree_with_what_the_client_measured(burst: Burst, source
         allowance = FRONT_END_S + 2 * burst.front_end_s
         assert lower <= measured <= upper + allowance, (
             p, estimate, measured, lower, upper, burst.front_end_s)
+
+
+@pytest.mark.parametrize("source", ["prometheus", "scrape"])
+def test_the_ttft_histogram_holds_the_bursts_requests_by_latency(burst: Burst, source: str):
+    buckets = dict(burst.after[source].ttft_buckets.value)
+    # Prometheus's increase() extrapolates to the window's edges; a scrape counts exactly.
+    exact = source == "scrape"
+    assert buckets[math.inf] == pytest.approx(REQUESTS, rel=0 if exact else 0.25)
+    # At each bound, the share of slower requests: the client's clock adds the time outside
+    # vLLM's, so its share above the bound is an upper limit and above bound + that time a
+    # lower one.
+    tolerance = 0 if exact else 0.1
+    allowance = FRONT_END_S + 2 * burst.front_end_s
+    ttfts = [c.ttft for c in burst.completions]
+    for bound in burst.ttft_bounds:
+        share = share_above(bound, buckets)
+        most = sum(t > bound for t in ttfts) / len(ttfts)
+        least = sum(t > bound + allowance for t in ttfts) / len(ttfts)
+        assert least - tolerance <= share <= most + tolerance, (bound, share, least, most)
+
+
+def test_the_instant_rate_is_the_rate_between_the_last_two_scrapes(burst: Burst):
+    # Prometheus: irate. Once two scrapes have passed since the burst, nothing finished
+    # between them, while the window's rate still holds the burst.
+    after = burst.after["prometheus"]
+    assert after.arrival_rate_instant.value == 0 and after.arrival_rate.value > 0
+    assert max(o.arrival_rate_instant.value or 0 for o in burst.polled["prometheus"]) > 0
+    # The direct scrape's window is the time between two collections: one and the same rate.
+    assert all(o.arrival_rate_instant == o.arrival_rate for o in burst.polled["scrape"])
 
 
 def test_the_scrape_window_holds_exactly_the_burst(burst: Burst):

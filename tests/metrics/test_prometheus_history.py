@@ -11,6 +11,7 @@ import pytest
 from emulators.vllm_history import OUTPUT, PROMPT, STEP_S, vllm_history
 from fixtures.realparts import PrometheusServer
 from vllm_autoscaler.config.schema import PrometheusSource
+from vllm_autoscaler.controller.histogram import share_above
 from vllm_autoscaler.metrics import prometheus
 from vllm_autoscaler.metrics.prometheus import PrometheusMetrics
 
@@ -58,6 +59,8 @@ async def test_history_is_what_a_controller_running_then_would_have_read(past, m
             assert o.prompt_tokens_rate.value == pytest.approx(PROMPT * rate, rel=0.02)
             assert o.output_tokens_rate.value == pytest.approx(OUTPUT * rate, rel=0.02)
             assert 0.1 < o.ttft_p99.value <= 0.5
+            assert share_above(0.5, dict(o.ttft_buckets.value)) == 0
+            assert o.arrival_rate_instant.value == pytest.approx(rate, rel=0.02)
             assert o.running.value == 2 * rate
     # Nothing was scraped in the gap: missing there, never a zero rate.
     gap = between(history, end, GAP[0] + 60, GAP[1] - 60)

@@ -79,8 +79,9 @@ def prometheus_has(promql: str) -> Step:
 
 
 RATE = "rate(vllm:request_success_total[4s])"
-HEALTHY = prometheus_has(  # every series sane again
-    f"{RATE} > 0 and on() (sum(vllm:num_requests_running) >= 0) and on() "
+HEALTHY = prometheus_has(  # every series sane again (irate: the last two samples too)
+    f"{RATE} > 0 and on() (irate(vllm:request_success_total[4s]) >= 0) and on() "
+    "(sum(vllm:num_requests_running) >= 0) and on() "
     "((sum(vllm:num_requests_waiting) >= 0) < 1e9) and on() (max(vllm:kv_cache_usage_perc) <= 1)")
 
 
