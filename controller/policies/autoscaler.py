@@ -382,11 +382,13 @@ class ControllerPolicy:
         details.update(modal_forecast=band.point, modal_upper=band.upper)
         if self.target.kubernetes_pool:
             # Spill-over beyond the pods is absorbed by Modal's autoscaler within seconds;
-            # warm up front only the load that pods still starting will carry later.
+            # warm up front only the load that pods still starting will carry later, and the
+            # burst reserve's pods still starting (a burst does not wait minutes for them).
             ready, desired = k8s
             gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0) + backlog_rate
-            details["modal_gap_rate"] = gap
-            return self._replicas(gap, capacity), modal.buffer_containers
+            reserve = min(self.burst_reserve.level, desired, self.target.kubernetes_pool.max_replicas)
+            details.update(modal_gap_rate=gap, reserve_starting=max(reserve - ready, 0))
+            return max(self._replicas(gap, capacity), reserve - ready), modal.buffer_containers
         wanted = max(self._replicas(band.point + backlog_rate, capacity), floor)
         spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
         return wanted, max(math.ceil(self.p.modal_buffer_fraction * spread), modal.buffer_containers)

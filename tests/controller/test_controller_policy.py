@@ -248,6 +248,28 @@ def test_a_burst_between_two_scrapes_keeps_what_its_rate_needs_warm_then_lapses(
     assert last.reason.details["burst_reserve"] == needed // 2
 
 
+def test_the_burst_reserves_pods_still_starting_are_kept_warm_on_modal():
+    # Pods take minutes to start; the next burst may come first, and only warm capacity
+    # serves it within the SLO.
+    p = policy()
+    replay(p, [1.0] * 40)
+    now = 40 * TICK
+    first = p.decide(observe(now, 2.0, (2, 0, 2), instant=12.0), now)
+    reserve = first.reason.details["burst_reserve"]
+    assert first.kubernetes_replicas >= reserve > 2
+    assert first.modal_min_containers >= reserve - 2
+    starting = p.decide(observe(now + TICK, 2.0, (3, reserve - 3, reserve)), now + TICK)
+    assert starting.modal_min_containers >= reserve - 3
+    assert starting.reason.details["reserve_starting"] == reserve - 3
+    ready = p.decide(observe(now + 2 * TICK, 2.0, (reserve, 0, reserve)), now + 2 * TICK)
+    assert ready.reason.details["reserve_starting"] == 0
+    # Not beyond the pods Kubernetes may hold: the reserve is what pods are asked for.
+    capped = policy("targets.0.kubernetes.max_replicas=4")
+    replay(capped, [1.0] * 40)
+    d = capped.decide(observe(now, 2.0, (2, 0, 2), instant=12.0), now)
+    assert d.reason.details["burst_reserve"] > 4 and d.reason.details["reserve_starting"] == 2
+
+
 def test_an_overload_that_the_mean_rate_explains_is_no_burst():
     p = policy()
     replay(p, [6.0] * 40)
