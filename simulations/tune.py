@@ -396,6 +396,27 @@ def evaluate_held_out(
     return summaries
 
 
+def held_out_note(held_out: dict[str, dict], required: float) -> str | None:
+    """What the user must know before using the tuned config, if the held-out part contradicts
+    the study: the tuned config misses the SLO there, or costs more than the starting config
+    where that one meets it too (the gain on the tuning part did not hold)."""
+    tuned, start = held_out["tuned"], held_out["default"]
+    if tuned["slo_attainment"] < required:
+        return (
+            f"the tuned config misses the SLO on the held-out part ({tuned['slo_attainment']:.2%}; the "
+            f"starting config: {start['slo_attainment']:.2%}): what it learnt from the tuning part does not "
+            "hold there; compare the two before using it, or tune on a longer trace"
+        )
+    if start["slo_attainment"] >= required and tuned["cost_total"] > start["cost_total"]:
+        return (
+            f"the tuned config costs {tuned['cost_total'] / start['cost_total'] - 1:.0%} more than the "
+            f"starting config on the held-out part (${tuned['cost_total']:.2f} vs ${start['cost_total']:.2f}, "
+            "both meeting the SLO): its gain on the tuning part did not hold there; keep the starting "
+            "config, or tune on a longer trace"
+        )
+    return None
+
+
 def tune(
     trace: Trace, config: Config, out: Path, options: TuneOptions,
     on_trial: Callable[[int], None] | None = None,
@@ -442,6 +463,7 @@ def tune(
         "min_gain": options.min_gain,
         "resamples": options.resamples,
         "held_out": held_out_summaries,
+        "held_out_note": held_out_note(held_out_summaries, required),
         "pareto_front": [trial_info(t, required) for t in front],
     }
     write_outputs(out, tuned, report, completed, front, best, required)

@@ -21,6 +21,7 @@ from vllm_autoscaler.simulations.tune import (
     TuneError,
     TuneOptions,
     controller_values,
+    held_out_note,
     measured_at_bucket_bounds,
     open_study,
     replays,
@@ -231,6 +232,21 @@ def test_command_warns_when_the_tuned_config_misses_the_slo_held_out(tmp_path):
     held_out = json.loads((tmp_path / "out" / "tune.json").read_text())["held_out"]["tuned"]
     assert held_out["slo_attainment"] < 0.99
     assert "the tuned config misses the SLO on the held-out part" in " ".join(result.output.split())
+
+
+def test_the_held_out_note_says_when_the_tuned_config_did_worse_than_the_starting_one():
+    def note(tuned, start):
+        held_out = {"tuned": dict(zip(("cost_total", "slo_attainment"), tuned)),
+                    "default": dict(zip(("cost_total", "slo_attainment"), start))}  # fmt: skip
+        return held_out_note(held_out, 0.99)
+
+    assert note((0.9, 0.995), (1.0, 0.995)) is None  # cheaper, SLO met: nothing to say
+    assert note((1.1, 0.995), (1.0, 0.98)) is None  # dearer, but the starting one misses the SLO
+    assert "misses the SLO on the held-out part (98.50%; the starting config: 99.50%)" in note(
+        (0.9, 0.985), (1.0, 0.995)
+    )
+    dearer = note((1.12, 0.999), (1.0, 0.995))
+    assert "costs 12% more than the starting config on the held-out part ($1.12 vs $1.00" in dearer
 
 
 @pytest.mark.parametrize(
