@@ -386,7 +386,8 @@ class ControllerPolicy:
             # burst reserve's pods still starting (a burst does not wait minutes for them).
             ready, desired = k8s
             gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0) + backlog_rate
-            reserve = min(self.burst_reserve.level, desired, self.target.kubernetes_pool.max_replicas)
+            # The pods asked for include the reserve already (it is their floor).
+            reserve = min(self.burst_reserve.level, self.target.kubernetes_pool.max_replicas)
             details.update(modal_gap_rate=gap, reserve_starting=max(reserve - ready, 0))
             return max(self._replicas(gap, capacity), reserve - ready), modal.buffer_containers
         wanted = max(self._replicas(band.point + backlog_rate, capacity), floor)
