@@ -10,7 +10,8 @@ from ..config.schema import Config, Target
 from ..controller.policies import POLICIES, make_policy
 from ..controller.profile import ReplicaProfile, load_profile
 from ..controller.types import Policy
-from .oracle import OraclePolicy, peak_replicas
+from .demand import peak_replicas
+from .oracle import OraclePolicy, oracle_schedule, start_up_lead
 from .simulator import SimResult, Simulation
 from .traces import Trace
 
@@ -40,7 +41,8 @@ def build_policy(
     name: str, config: Config, target: Target, profile: ReplicaProfile, trace: Trace
 ) -> Policy:
     if name == "oracle":
-        return OraclePolicy(target, profile, trace, config.tick_seconds)
+        schedule = oracle_schedule(trace, config, target, profile)
+        return OraclePolicy(target, schedule, start_up_lead(target, config.tick_seconds))
     if name == "static-peak":
         from ..controller.policies.baselines import StaticPolicy
 

@@ -24,7 +24,7 @@ from ..controller.histogram import ITL_BUCKETS, TTFT_BUCKETS, histogram_quantile
 from ..controller.profile import ReplicaProfile
 from ..controller.types import Decision, Observation, Policy, Sample
 from .native import Replica
-from .oracle import replicas_needed
+from .demand import replicas_needed
 from .pools import Pool, Server, SimKubernetesPool, SimModalPool
 from .traces import Trace
 
