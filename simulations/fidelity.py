@@ -24,6 +24,7 @@ import asyncio
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,10 +91,11 @@ class Run:
     output: np.ndarray
 
 
-async def replay_live(url: str, trace: Trace, model: str | None, seed: int) -> tuple[Trace, Run, int, float]:
+async def replay_live(url: str, trace: Trace, model: str | None,
+                      seed: int) -> tuple[Trace, Run, dict[str, int], float]:
     """Replay `trace` (lengths fitted to the model's context) against the server; returns the
-    trace as replayed, what happened, how many requests failed, and the wall-clock time
-    (time.time()) of the replay's second 0."""
+    trace as replayed, what happened, how many requests failed for each reason, and the
+    wall-clock time (time.time()) of the replay's second 0."""
     async with session() as client:
         endpoint = await discover(client, url, model)
         prompt, output = fit_lengths(trace.prompt_tokens, trace.output_tokens, endpoint.max_model_len)
@@ -104,11 +106,12 @@ async def replay_live(url: str, trace: Trace, model: str | None, seed: int) -> t
         outcomes = await load.replay(trace)
     zero = min(o.sent for o in outcomes) - float(trace.arrival_s[0])
     failed = np.array([o.error is not None for o in outcomes])
+    reasons = Counter(o.error for o in outcomes if o.error is not None)
     first = np.array([o.first for o in outcomes]) - zero
     end = np.array([o.end for o in outcomes]) - zero
     first[failed], end[failed] = np.nan, np.nan
     sent = np.array([o.sent for o in outcomes]) - zero
-    return trace, Run(sent, first, end, output), int(failed.sum()), wall + zero
+    return trace, Run(sent, first, end, output), dict(reasons), wall + zero
 
 
 def single_replica_config(profile_path: Path, seed: int) -> Config:
@@ -212,7 +215,7 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
     if options.engine_log is not None and not options.engine_log.is_file():
         raise EngineLogError(f"engine log {options.engine_log}: no such file")
     before = options.engine_log.stat().st_size if options.engine_log else 0  # steps logged so far
-    replayed, live, failed, zero = asyncio.run(replay_live(url, trace, options.model, options.seed))
+    replayed, live, failures, zero = asyncio.run(replay_live(url, trace, options.model, options.seed))
     simulated = simulate_run(live, replayed, options.profile, options.seed)
     measured, at_speed, unmeasured = None, None, None
     if options.engine_log is not None:
@@ -225,7 +228,8 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
     held_back = first_token_held_back(live.arrival, live.first, live.end, live.output)
     report = {
         "endpoint": url, "profile": str(options.profile), "trace": trace.name,
-        "requests": len(replayed), "failed_live": failed,
+        "requests": len(replayed), "failed_live": sum(failures.values()),
+        "failures_live": failures,
         "burst": None if options.burst is None else vars(options.burst),
         "overloaded_until_s": None if options.burst is None else overloaded_until(live, options.burst),
         "send_lateness_p95_s": float(np.percentile(lateness, 95)),
@@ -287,6 +291,9 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
         f"first token held back to the end by the server: {report['first_token_held_back_live']:.0%} of "
         f"requests; load average {report['load_average']:.1f}.", "",
     ]  # fmt: skip
+    if report["failures_live"]:
+        lines += ["Failed live, by reason: " + "; ".join(
+            f"{n} × {why}" for why, n in report["failures_live"].items()), ""]
     if report.get("overloaded_until_s") is not None:
         b = report["burst"]
         lines += [f"Burst: x{b['factor']:g} from {b['start_s']:g} s to {b['end_s']:g} s; overloaded stretch: "

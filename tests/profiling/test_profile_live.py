@@ -64,7 +64,7 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
                "--trace", str(AZURE_CONV), "--start", "600", "--end", "630", "--rate-scale", "0.3",
                "--burst", "10:16:20", "--out", str(out), timeout=240)  # fmt: skip
     report = json.loads((out / "fidelity.json").read_text())
-    assert report["failed_live"] == 0
+    assert report["failed_live"] == 0, report["failures_live"]
     stretches = report["stretches"]
     assert set(stretches) == {"all", "normal", "overloaded"}
     for who in ("live", "simulated"):
