@@ -172,9 +172,9 @@ class ControllerPolicy(Section):
     base_load_window_seconds: PositiveFloat = 600
     modal_buffer_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Bursts shorter than the rate window (a rate between two scrapes over twice the window's,
-    # or an overload with most warm capacity idle on average) keep a reserve of warm replicas,
-    # halved each time this long passes without one; lulls shorter than a pod's start-up make
-    # scale-down wait one out for this long (0: both off).
+    # or an overload with most warm capacity idle on average) keep a reserve of warm replicas:
+    # the most any burst needed, each halved per this long since it came; lulls shorter than a
+    # pod's start-up make scale-down wait one out for this long (0: both off).
     burst_memory_seconds: NonNegFloat = 1800
 
 

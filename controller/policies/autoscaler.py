@@ -63,14 +63,18 @@ class BurstReserve:
     A burst shows in two ways: the rate between two scrapes well above the window's (then
     the reserve holds what that rate needs), or, for one too short even for that, an
     overload that leaves most warm capacity idle on average. An overload again within
-    `memory_s` raises the reserve above the warm capacity that failed. Each `memory_s`
-    without a burst halves it, so it settles near what the bursts need.
+    `memory_s` raises the reserve above the warm capacity that failed. What a burst needed
+    halves with each `memory_s` since it was seen, and the reserve is the largest of those: it
+    follows bursts down as they shrink, and lapses gradually once they stop.
     """
 
     def __init__(self, memory_s: float, margin: float):
         self.memory_s, self.margin = memory_s, margin  # margin: replicas' worth per unit of load
         self.level = 0
-        self.last_burst = self.last_change = -math.inf
+        self.last_burst = -math.inf
+        # (time, replicas) of past bursts, each needing more than every later one: a later,
+        # larger need outlasts an earlier, smaller one.
+        self.needs: deque[tuple[float, int]] = deque()
         self.recent: deque[tuple[float, int, float, float]] = deque()  # (time, warm, rate, instant)
 
     def update(self, overload: bool, warm: int, rate: float, instant: float | None,
@@ -91,11 +95,13 @@ class BurstReserve:
             needed = math.ceil(peak_instant * self.margin / capacity) if sudden else 0
             if overload and now - self.last_burst <= self.memory_s:
                 needed = max(needed, least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
-            self.level = max(self.level, needed)
-            self.last_burst = self.last_change = now
-        elif self.level and now - self.last_change >= self.memory_s:
-            self.level //= 2
-            self.last_change = now
+            while self.needs and self.needs[-1][1] <= needed:
+                self.needs.pop()
+            self.needs.append((now, needed))
+            self.last_burst = now
+        self.level = max((n >> int((now - t) // self.memory_s) for t, n in self.needs), default=0)
+        while self.needs and self.needs[0][1] >> int((now - self.needs[0][0]) // self.memory_s) == 0:
+            self.needs.popleft()
         return self.level
 
 

@@ -245,7 +245,30 @@ def test_a_burst_between_two_scrapes_keeps_what_its_rate_needs_warm_then_lapses(
     quiet = [now + TICK * i for i in range(1, int((memory + 60) / TICK) + 1)]
     for t in quiet:
         last = p.decide(observe(t, 1.0, (needed, 0, needed)), t)
+        if t == quiet[-2]:
+            assert last.reason.details["burst_reserve"] == needed
     assert last.reason.details["burst_reserve"] == needed // 2
+
+
+def test_the_burst_reserve_follows_smaller_bursts_down():
+    # A large burst, then a smaller one half a memory later.
+    p = policy()
+    memory = p.p.burst_memory_seconds
+    replay(p, [1.0] * 40)
+    big_at, small_at = 40 * TICK, 40 * TICK + memory / 2
+    big = p.decide(observe(big_at, 2.0, (2, 0, 2), instant=12.0), big_at)
+    t = big_at
+    while t < big_at + memory + 2 * 60:
+        t += TICK
+        d = p.decide(observe(t, 1.0, (8, 0, 8), instant=6.0 if t == small_at else None), t)
+        if t == small_at:
+            small = d.reason.details["burst_reserve"]
+    needed = math.ceil(6.0 / d.reason.details["capacity_per_replica"])
+    assert big.reason.details["burst_reserve"] > needed > 2
+    assert small == big.reason.details["burst_reserve"]  # the larger burst is recent still
+    # `memory` after the larger burst, what it needed has halved: the smaller one's need rules.
+    assert big.reason.details["burst_reserve"] // 2 < needed
+    assert d.reason.details["burst_reserve"] == needed
 
 
 def test_the_burst_reserves_pods_still_starting_are_kept_warm_on_modal():
