@@ -386,17 +386,22 @@ class ControllerPolicy:
             return None, None
         band = self.forecaster.forecast(now, modal.startup.high + self.tick_s)
         details.update(modal_forecast=band.point, modal_upper=band.upper)
+        # Queued requests wait for the containers asked for to start anyway: drain them over
+        # a start-up and the SLO, not the SLO alone (each container beyond that is billed for
+        # a scaledown window at least, long after the queue is gone).
+        ttft = self.target.slo.ttft_seconds
+        drain = backlog_rate * ttft / (ttft + modal.startup.high)
         if self.target.kubernetes_pool:
             # Spill-over beyond the pods is absorbed by Modal's autoscaler within seconds;
             # warm up front only the load that pods still starting will carry later, and the
             # burst reserve's pods still starting (a burst does not wait minutes for them).
             ready, desired = k8s
-            gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0) + backlog_rate
+            gap = max(min(band.point, desired * capacity) - ready * capacity, 0.0) + drain
             # The pods asked for include the reserve already (it is their floor).
             reserve = min(self.burst_reserve.level, self.target.kubernetes_pool.max_replicas)
             details.update(modal_gap_rate=gap, reserve_starting=max(reserve - ready, 0))
             return max(self._replicas(gap, capacity), reserve - ready), modal.buffer_containers
-        wanted = max(self._replicas(band.point + backlog_rate, capacity), floor)
+        wanted = max(self._replicas(band.point + drain, capacity), floor)
         spread = self._replicas(band.upper, capacity) - self._replicas(band.point, capacity)
         return wanted, max(math.ceil(self.p.modal_buffer_fraction * spread), modal.buffer_containers)
 

@@ -204,6 +204,12 @@ def test_queued_requests_add_capacity_in_proportion_and_drop_once_drained():
     calm = p.decide(observe(now, 2.0, (2, 0, 2), (0, 0, 0)), now)
     queued = p.decide(observe(now + TICK, 2.0, (2, 0, 2), (0, 0, 0), waiting=60), now + TICK)
     assert queued.modal_min_containers > calm.modal_min_containers  # seconds, not minutes
+    # Drained over a container's start-up and the SLO: they wait for the start-up anyway.
+    target = p.target
+    beyond_tolerated = 60 - p.p.waiting_per_replica_target * 2
+    drain = beyond_tolerated / (target.slo.ttft_seconds + target.modal_pool.startup.high)
+    added = queued.reason.details["modal_gap_rate"] - calm.reason.details["modal_gap_rate"]
+    assert added == pytest.approx(drain, rel=0.05)
     assert queued.reason.driver == "pressure"
     assert queued.kubernetes_replicas >= calm.kubernetes_replicas  # never shrinks under pressure
 
