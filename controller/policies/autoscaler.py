@@ -99,10 +99,14 @@ class BurstReserve:
                 self.needs.pop()
             self.needs.append((now, needed))
             self.last_burst = now
-        self.level = max((n >> int((now - t) // self.memory_s) for t, n in self.needs), default=0)
-        while self.needs and self.needs[0][1] >> int((now - self.needs[0][0]) // self.memory_s) == 0:
+        self.level = max((self._halved(need, since, now) for since, need in self.needs), default=0)
+        while self.needs and self._halved(self.needs[0][1], self.needs[0][0], now) == 0:
             self.needs.popleft()
         return self.level
+
+    def _halved(self, need: int, since: float, now: float) -> int:
+        """A burst's need, halved once per `memory_s` since it was seen."""
+        return need >> int((now - since) // self.memory_s)
 
 
 class LullMemory:
