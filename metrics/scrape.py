@@ -26,6 +26,15 @@ from .vllm_names import ALL_SPELLINGS, Kind, Signal, absent_essentials, detect
 
 TargetLister = Callable[[], Awaitable[list[str]]]
 
+# vLLM's server closes a connection idle for VLLM_HTTP_TIMEOUT_KEEP_ALIVE (5 s by default). A
+# client reusing it at that moment gets "Server disconnected", so ours let go of it sooner.
+IDLE_CONNECTION_S = 2.0
+
+
+def vllm_connector(limit: int) -> aiohttp.TCPConnector:
+    """A connection pool for vLLM servers (`limit` 0: unlimited)."""
+    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=IDLE_CONNECTION_S)
+
 
 @dataclass(frozen=True, slots=True)
 class ReplicaMetrics:
@@ -132,7 +141,7 @@ class ScrapeMetrics:
         urls = await self._targets()
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=aiohttp.TCPConnector(limit=self._max_concurrency))
+                timeout=self._timeout, connector=vllm_connector(self._max_concurrency))
         results = await asyncio.gather(*(self._scrape(url) for url in urls))
         current = {url: r for url, r in zip(urls, results, strict=True)
                    if isinstance(r, ReplicaMetrics)}

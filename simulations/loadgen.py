@@ -21,6 +21,7 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..metrics.scrape import vllm_connector
 from .traces import Trace
 
 # Tokenized by the server to learn ids of ordinary tokens of its model (any text would do).
@@ -62,7 +63,7 @@ def _why(exc: Exception) -> str:
 def session() -> aiohttp.ClientSession:
     # No connection limit: a cap here would queue requests in the client, not in vLLM.
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0),
+        connector=vllm_connector(limit=0),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
     )
 

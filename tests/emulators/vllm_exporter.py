@@ -24,6 +24,7 @@ class Exporter:
         self.text = text
         self.delay = 0.0  # seconds before each answer (a slow replica)
         self.url = ""
+        self.client_ports: list[int] = []  # per scrape: which client connection asked
         self._runner: web.AppRunner | None = None
 
     async def start(self, port: int = 0) -> None:
@@ -42,6 +43,7 @@ class Exporter:
 
     async def _metrics(self, request: web.Request) -> web.Response:
         # The content type prometheus_client (hence vLLM) sends.
+        self.client_ports.append(request.transport.get_extra_info("peername")[1])
         await asyncio.sleep(self.delay)
         text = self.text() if callable(self.text) else self.text
         return web.Response(body=text.encode(),

@@ -1,5 +1,6 @@
 """The direct-scrape source against stand-in replicas serving real or generated /metrics."""
 
+import asyncio
 import math
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from vllm_autoscaler.config.schema import DirectScrapeSource
 from vllm_autoscaler.metrics.common import MetricsUnavailable
 from vllm_autoscaler.metrics.scrape import (
+    IDLE_CONNECTION_S,
     ScrapeMetrics,
     endpoint_slice_targets,
     parse_replica,
@@ -104,6 +106,20 @@ async def test_rates_and_quantiles_come_from_the_change_between_scrapes():
     assert second.ttft_p50.value == pytest.approx(0.625)
     assert second.ttft_p99.value == pytest.approx(0.5 + 0.25 * 0.99)
     assert second.ttft_p50.at == clock.now and second.time == clock.now
+
+
+async def test_an_idle_connection_is_let_go_before_vllm_would_close_it():
+    # vLLM closes connections idle for 5 s; reusing one as it closes fails the request.
+    assert IDLE_CONNECTION_S < 5
+    async with exporters(RECORDED) as (replica,):
+        source = ScrapeMetrics(static_targets([replica.url]), timeout_s=2)
+        await source.collect()
+        await source.collect()
+        await asyncio.sleep(IDLE_CONNECTION_S + 0.5)
+        await source.collect()
+        await source.aclose()
+    first, back_to_back, after_idle = replica.client_ports
+    assert back_to_back == first and after_idle != first
 
 
 async def test_a_quiet_window_has_no_quantiles_and_zero_rate():
