@@ -31,11 +31,6 @@ TargetLister = Callable[[], Awaitable[list[str]]]
 IDLE_CONNECTION_S = 2.0
 
 
-def vllm_connector(limit: int) -> aiohttp.TCPConnector:
-    """A connection pool for vLLM servers (`limit` 0: unlimited)."""
-    return aiohttp.TCPConnector(limit=limit, keepalive_timeout=IDLE_CONNECTION_S)
-
-
 @dataclass(frozen=True, slots=True)
 class ReplicaMetrics:
     """The vLLM signals in one replica's /metrics, summed over label sets (engines, reasons)."""
@@ -140,8 +135,9 @@ class ScrapeMetrics:
     async def collect(self) -> Observation:
         urls = await self._targets()
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=self._timeout, connector=vllm_connector(self._max_concurrency))
+            connector = aiohttp.TCPConnector(limit=self._max_concurrency,
+                                             keepalive_timeout=IDLE_CONNECTION_S)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         results = await asyncio.gather(*(self._scrape(url) for url in urls))
         current = {url: r for url, r in zip(urls, results, strict=True)
                    if isinstance(r, ReplicaMetrics)}

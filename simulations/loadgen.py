@@ -21,7 +21,6 @@ import aiohttp
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
-from ..metrics.scrape import vllm_connector
 from .traces import Trace
 
 # Tokenized by the server to learn ids of ordinary tokens of its model (any text would do).
@@ -61,9 +60,10 @@ def _why(exc: Exception) -> str:
 
 
 def session() -> aiohttp.ClientSession:
-    # No connection limit: a cap here would queue requests in the client, not in vLLM.
+    # No connection limit: a cap here would queue requests in the client, not in vLLM. Idle
+    # connections are let go before vLLM closes them (see metrics.scrape.IDLE_CONNECTION_S).
     return aiohttp.ClientSession(
-        connector=vllm_connector(limit=0),
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=2.0),
         timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
     )
 
