@@ -281,11 +281,11 @@ class ControllerPolicy:
         # burn, or one that has spent the budget of the whole window, calls for capacity.
         if late > allowed and (late >= self.p.fast_burn * allowed or burn >= 1):
             return f"{late:.1%} of requests over the TTFT SLO (error budget burn {burn:.1f}x)"
-        if waiting is not None and waiting > self.p.waiting_per_replica_target * max(replicas, 1):
-            return f"{waiting:.0f} requests waiting"
-        backlog = obs.modal.backlog if obs.modal else None
-        if backlog:
-            return f"{backlog} inputs queued at Modal"
+        # Requests queued at Modal for a container wait as those queued in vLLM do; a stray
+        # one (a spill while every pod was mid-step) is no shortage.
+        backlog = (obs.modal.backlog or 0) if obs.modal else 0
+        if (waiting or 0) + backlog > self.p.waiting_per_replica_target * max(replicas, 1):
+            return f"{waiting or 0:.0f} requests waiting, {backlog} queued at Modal"
         # A full cache only hurts when it keeps requests waiting.
         if kv is not None and kv > self.p.kv_usage_target and waiting:
             return f"KV cache {kv:.0%} full with {waiting:.0f} waiting"

@@ -233,6 +233,21 @@ def test_recurring_bursts_the_rate_averages_away_keep_warm_pods_then_lapse():
     assert last.reason.details["burst_reserve"] < second.reason.details["burst_reserve"]
 
 
+@pytest.mark.parametrize("queued, pressure", [(1, False), (12, True)])
+def test_inputs_queued_at_modal_are_pressure_only_beyond_the_tolerated_queue(queued, pressure):
+    # A request spilled while every pod was mid-step waits for a container to start: one
+    # such stray is no shortage, and twice within the burst memory it must not buy a reserve.
+    p = policy()
+    pods = 4
+    for i in range(40):
+        p.decide(observe(i * TICK, 1.0, (pods, 0, pods)), i * TICK)
+    for now in (40 * TICK, 60 * TICK):
+        modal = PoolState(0, 1, 0, at=now, backlog=queued)
+        d = p.decide(replace(observe(now, 1.0, (pods, 0, pods)), modal=modal), now)
+    assert (d.reason.driver == "pressure") is pressure
+    assert (d.reason.details["burst_reserve"] > pods) is pressure
+
+
 def test_a_burst_between_two_scrapes_keeps_what_its_rate_needs_warm_then_lapses():
     # 12 req/s for one scrape interval in a minute at 1-2 req/s: the window's mean hides it.
     p, steady = policy(), policy()
