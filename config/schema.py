@@ -154,6 +154,8 @@ class ControllerPolicy(Section):
     fast_burn: Annotated[float, Field(ge=1)] = 5
     error_budget_window_seconds: PositiveFloat = 3600
     kv_usage_target: Fraction = 0.9
+    # Requests queued (in vLLM, or at Modal for a container) per ready replica before it is
+    # pressure; the excess is also drained by added capacity.
     waiting_per_replica_target: NonNegFloat = 2
     # Safety.
     scale_down_stabilization_seconds: NonNegFloat = 300
