@@ -155,7 +155,7 @@ class ControllerPolicy(Section):
     error_budget_window_seconds: PositiveFloat = 3600
     kv_usage_target: Fraction = 0.9
     # Requests queued (in vLLM, or at Modal for a container) per ready replica before it is
-    # pressure; the excess is also drained by added capacity.
+    # pressure. Added capacity drains vLLM's queue beyond it, and all of Modal's.
     waiting_per_replica_target: NonNegFloat = 2
     # Safety.
     scale_down_stabilization_seconds: NonNegFloat = 300

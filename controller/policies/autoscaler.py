@@ -272,20 +272,17 @@ class ControllerPolicy:
         buckets = self._fresh(obs, "ttft_buckets", now)
         return (buckets and share_above(threshold, dict(buckets))) or 0.0
 
-    def _pressure(self, obs: Observation, now: float, replicas: int, late: float, burn: float) -> str | None:
+    def _pressure(self, obs: Observation, now: float, late: float, burn: float,
+                  waiting: float, backlog: int, excess: float) -> str | None:
         """Which measured signal is above its target, if any."""
-        waiting = self._fresh(obs, "waiting", now)
         kv = self._fresh(obs, "kv_usage_mean", now)
         allowed = 1 - self.target.slo.attainment
         # Queueing spikes a right-sized pool has anyway stay within the budget: only a fast
         # burn, or one that has spent the budget of the whole window, calls for capacity.
         if late > allowed and (late >= self.p.fast_burn * allowed or burn >= 1):
             return f"{late:.1%} of requests over the TTFT SLO (error budget burn {burn:.1f}x)"
-        # Requests queued at Modal for a container wait as those queued in vLLM do; a stray
-        # one (a spill while every pod was mid-step) is no shortage.
-        backlog = (obs.modal.backlog or 0) if obs.modal else 0
-        if (waiting or 0) + backlog > self.p.waiting_per_replica_target * max(replicas, 1):
-            return f"{waiting or 0:.0f} requests waiting, {backlog} queued at Modal"
+        if excess > 0:
+            return f"{waiting:.0f} requests waiting, {backlog} queued at Modal"
         # A full cache only hurts when it keeps requests waiting.
         if kv is not None and kv > self.p.kv_usage_target and waiting:
             return f"KV cache {kv:.0%} full with {waiting:.0f} waiting"
@@ -300,22 +297,23 @@ class ControllerPolicy:
         modal_ready = observation.modal.ready if observation.modal else 0
         late = self._late_share(observation, now)
         burn = self.error_budget.update(now, rate, rate * late)
-        pressure = self._pressure(observation, now, k8s_ready + modal_ready, late, burn)
+        # Requests waiting in vLLM beyond the few a busy replica holds between two steps are
+        # load the pools failed to take, and so is every input queued at Modal: it waits for a
+        # container to start. Both are cleared by capacity on top of the forecast (so it
+        # vanishes once they drain). Only a queue beyond the tolerance is pressure: a stray
+        # spill while every pod was mid-step is no shortage.
+        waiting = self._fresh(observation, "waiting", now) or 0.0
+        backlog = (observation.modal.backlog or 0) if observation.modal else 0
+        tolerated = self.p.waiting_per_replica_target * (k8s_ready + modal_ready)
+        backlog_rate = (max(waiting - tolerated, 0.0) + backlog) / self.target.slo.ttft_seconds
+        excess = waiting + backlog - max(tolerated, self.p.waiting_per_replica_target)
+        pressure = self._pressure(observation, now, late, burn, waiting, backlog, excess)
         self._correct(pressure, now, self._capacity_arriving(observation))
         capacity = self._capacity()
         if capacity <= 0:
             return self._hold(observation, "SLO unreachable with this profile: holding")
         in_flight = self._fresh(observation, "running", now) or 0.0
         floor = math.ceil(in_flight / self.profile.max_num_seqs)  # never below in-flight work
-        # Requests queued beyond the few a busy engine always holds between two steps are
-        # load the pools failed to take: clear them within the TTFT SLO, on top of the
-        # forecast (proportional, so it vanishes once they drain).
-        waiting = self._fresh(observation, "waiting", now) or 0.0
-        tolerated = self.p.waiting_per_replica_target * (k8s_ready + modal_ready)
-        queued = max(waiting - tolerated, 0.0) + (
-            observation.modal.backlog or 0 if observation.modal else 0
-        )
-        backlog_rate = queued / self.target.slo.ttft_seconds
         details: dict = {
             "rate": rate, "capacity_per_replica": capacity, "correction": self.correction,
             "pressure": pressure, "backlog_rate": backlog_rate, "late_share": late,
