@@ -20,7 +20,8 @@ HOURS = 6
 LOADS = {
     "step": lambda seed: generators.step(rates=(2, 8, 4, 10, 3), step_duration_s=2400, seed=seed),
     "spiky": lambda seed: generators.spiky_daily(
-        base_rate_per_s=1, peak_rate_per_s=10, peak_hours_per_day=3, duration_s=HOURS * 3600, seed=seed
+        base_rate_per_s=1, peak_rate_per_s=10, peak_hours_per_day=3,
+        duration_s=HOURS * 3600, seed=seed,
     ),
     "diurnal": lambda seed: generators.diurnal(
         mean_rate=4, peak_to_trough=4, duration_s=HOURS * 3600, period_s=HOURS * 3600, seed=seed
@@ -41,15 +42,17 @@ def main() -> None:
     parser.add_argument("--loads", default=",".join(LOADS))
     args = parser.parse_args()
     loads = args.loads.split(",")
-    jobs = [(load, seed, policy) for load in loads for seed in range(args.seeds) for policy in POLICIES]
+    seeds = range(args.seeds)
+    jobs = [(load, seed, policy) for load in loads for seed in seeds for policy in POLICIES]
     with ProcessPoolExecutor(2) as pool:
-        results = {(load, seed, policy): (cost, met) for load, seed, policy, cost, met in pool.map(run, jobs)}
+        results = {(load, seed, policy): (cost, met)
+                   for load, seed, policy, cost, met in pool.map(run, jobs)}
     for load in loads:
-        for seed in range(args.seeds):
+        for seed in seeds:
             (cost, met), (best, best_met) = (results[load, seed, p] for p in POLICIES)
             print(f"{load:8s} seed {seed}: controller ${cost:6.2f} {met:.2%}  "
                   f"oracle ${best:6.2f} {best_met:.2%}  ÷ {cost / best:.3f}")
-        total = {p: sum(results[load, seed, p][0] for seed in range(args.seeds)) for p in POLICIES}
+        total = {p: sum(results[load, seed, p][0] for seed in seeds) for p in POLICIES}
         print(f"{load:8s} in total: ÷ {total['controller'] / total['oracle']:.3f}")
 
 
