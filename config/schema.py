@@ -171,7 +171,7 @@ class ControllerPolicy(Section):
     # present for an hourly-billed pod to beat per-second billing. A short window moves a
     # lasting level shift onto Kubernetes within minutes.
     base_load_quantile: Fraction | None = None
-    base_load_window_seconds: PositiveFloat = 600
+    base_load_window_seconds: PositiveFloat = 420
     modal_buffer_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     # Bursts shorter than the rate window (a rate between two scrapes over twice the window's,
     # or an overload with most warm capacity idle on average) keep a reserve of warm replicas:

@@ -1,10 +1,11 @@
-"""The controller against the oracle on several seeds of the synthetic loads that move.
+"""The controller against the oracle on several seeds of the synthetic loads.
 
 `bench_policies.py` runs one seed per load; how far the controller is from the oracle on a
-step or a burst depends on where the noise falls. This runs the same step, spiky and diurnal
-loads (6-hour days, as `bench_policies.py --quick`) on seeds 0..N-1 and prints, per seed,
-each policy's cost and SLO attainment and their ratio, then the ratio of the totals.
-Run: python tests/benchmarks/bench_seeds.py [--seeds 6] [--loads step,spiky,diurnal]
+step or a burst depends on where the noise falls. This runs the same steady, step, spiky and
+diurnal loads (6-hour days, as `bench_policies.py --quick`), and MMPP bursts, on seeds
+0..N-1 and prints, per seed, each policy's cost and SLO attainment and their ratio, then the
+ratio of the totals.
+Run: python tests/benchmarks/bench_seeds.py [--seeds 6] [--loads steady,step,spiky,diurnal,mmpp]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from vllm_autoscaler.simulations.run import simulate
 
 HOURS = 6
 LOADS = {
+    "steady": lambda seed: generators.poisson(rate_per_s=5, duration_s=4 * 3600, seed=seed),
     "step": lambda seed: generators.step(rates=(2, 8, 4, 10, 3), step_duration_s=2400, seed=seed),
     "spiky": lambda seed: generators.spiky_daily(
         base_rate_per_s=1, peak_rate_per_s=10, peak_hours_per_day=3,
@@ -25,6 +27,11 @@ LOADS = {
     ),
     "diurnal": lambda seed: generators.diurnal(
         mean_rate=4, peak_to_trough=4, duration_s=HOURS * 3600, period_s=HOURS * 3600, seed=seed
+    ),
+    # MMPP: 1 req/s with 10x bursts of 2 minutes on average, 10% of the time, over 8 hours.
+    "mmpp": lambda seed: generators.bursty(
+        base_rate_per_s=1, burst_multiplier=10, mean_burst_s=120, burst_fraction=0.1,
+        duration_s=8 * 3600, seed=seed,
     ),
 }
 POLICIES = ("controller", "oracle")
