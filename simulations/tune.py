@@ -435,8 +435,9 @@ def tune(
     start = current_params(config, options)
     study.enqueue_trial(start, skip_if_exists=True)
     slo_s = pick_target(config, options.target_name).slo.ttft_seconds
-    for variant in measured_at_bucket_bounds(start, slo_s):
+    for variant in measured_at_bucket_bounds(start, slo_s) + on_each_gpu(start, options.gpu_choices):
         study.enqueue_trial(variant, skip_if_exists=True)
+    share_gpus(study, options)
     trials_started = time.perf_counter()
     objective = Objective(parts, config, options.target_name, options.gpu_choices)
     run_trials(study, storage, objective, options, on_trial)
@@ -483,6 +484,25 @@ def current_params(config: Config, options: TuneOptions) -> dict[str, Any]:
     if target.profile in {c.profile for c in options.gpu_choices}:
         params[GPU_PARAM] = target.profile
     return params
+
+
+def on_each_gpu(start: dict[str, Any], gpu_choices: tuple[GpuChoice, ...]) -> list[dict[str, Any]]:
+    """The starting config on each other GPU choice."""
+    return [start | {GPU_PARAM: c.profile} for c in gpu_choices if c.profile != start.get(GPU_PARAM)]
+
+
+def share_gpus(study: optuna.Study, options: TuneOptions) -> None:
+    """Give each GPU choice an equal share of the trials to run: each one's GPU is fixed in
+    advance, the sampler picks the rest. Left to the sampler, a GPU whose first trials miss
+    the SLO gets hardly any more: on the Azure code trace TPE gave the H100 5 trials of 100,
+    all missing, and kept the A10G defaults; with equal shares an H100 config met the SLO on
+    the held-out part at 0.69x the defaults' cost."""
+    gpus = [c.profile for c in options.gpu_choices]
+    if len(gpus) < 2:
+        return
+    waiting = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+    for i in range(options.trials - waiting):
+        study.enqueue_trial({GPU_PARAM: gpus[i % len(gpus)]})
 
 
 def measured_at_bucket_bounds(start: dict[str, Any], slo_s: float) -> list[dict[str, Any]]:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 from optuna.trial import TrialState
 from typer.testing import CliRunner
@@ -25,6 +27,7 @@ from vllm_autoscaler.simulations.tune import (
     measured_at_bucket_bounds,
     open_study,
     replays,
+    share_gpus,
     split_trace,
     tune,
 )
@@ -183,6 +186,20 @@ def test_gpu_choice_sets_the_profile_with_its_prices(tmp_path):
     assert target.modal.price_per_gpu_second == chosen.price_per_gpu_second
     with pytest.raises(ProfileError):
         GpuChoice.parse("no-such-gpu:1:0.001")
+
+
+def test_each_gpu_choice_gets_an_equal_share_of_the_trials_to_run():
+    # Left to TPE, a GPU whose first trials missed the SLO got 5 trials of 100.
+    gpus = ("a10g-llama3-8b", "h100-llama3-8b", "a100-80gb-llama3-8b")
+    choices = tuple(GpuChoice(gpu, 1.0, 0.001) for gpu in gpus)
+    study = optuna.create_study()
+    study.enqueue_trial({"gpu": gpus[0], "headroom": 0.1})  # the starting config, waiting already
+    share_gpus(study, TuneOptions(trials=7, gpu_choices=choices))
+    share_gpus(study, TuneOptions(trials=7, gpu_choices=choices[:1]))  # one GPU: nothing to share
+    # The run's trials, no more: a resumed study keeps its balance.
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 7
+    study.optimize(lambda trial: len(trial.suggest_categorical("gpu", gpus)), n_trials=7)
+    assert Counter(t.params["gpu"] for t in study.trials) == Counter(gpus * 2 + gpus[:1])
 
 
 def test_a_pool_held_at_its_maximum_is_reported(tmp_path):
