@@ -30,6 +30,7 @@ from vllm_autoscaler.simulations.tune import (
     share_gpus,
     split_trace,
     tune,
+    tuned_config,
 )
 
 # The starting config meets it on the tuning part of RAMP and on its resamples.
@@ -103,6 +104,18 @@ def test_a_trial_is_judged_on_the_tuning_part_and_its_resamples(tmp_path):
     late = sum((1 - s["slo_attainment"]) * s["requests"] for s in summaries)
     pooled = 1 - late / sum(s["requests"] for s in summaries)
     assert best["slo_attainment"] == pytest.approx(min(summaries[0]["slo_attainment"], pooled))
+
+
+def test_a_trial_that_misses_the_slo_on_the_tuning_part_skips_its_resamples(tmp_path):
+    study = open_study(str(tmp_path / "study.journal"), "vllm-autoscaler")
+    study.enqueue_trial(AGGRESSIVE)
+    with pytest.raises(TuneError, match="trial 0, 7.*on the tuning part\\)"):
+        run(tmp_path, trials=1, trace=STEEP, overrides=K8S_ONLY, workers=1, resamples=2)
+    (aggressive,) = study.get_trials(states=(TrialState.COMPLETE,))
+    tuning, _ = split_trace(STEEP, 0.7)
+    alone = simulate(tuning, tuned_config(load_config(overrides=K8S_ONLY), None, AGGRESSIVE), "controller")
+    assert aggressive.user_attrs["slo_attainment_by_replay"] == [alone.summary["slo_attainment"]]
+    assert aggressive.value == pytest.approx(alone.summary["cost_total"])
 
 
 def test_a_cheaper_trial_that_misses_the_slo_is_not_chosen(tmp_path):
