@@ -63,14 +63,10 @@ def started_server(workdir: Path):
     sys.path.insert(0, str(TESTS))
     from fixtures.realparts import TINY_MODEL, VLLM_PYTHON, VllmServer
 
-    from vllm_autoscaler.simulations.enginelog import LOGGING_CONFIG
-
     if not (VLLM_PYTHON.exists() and TINY_MODEL.is_dir()):
         raise SystemExit("no vLLM venv or tiny model: run `bash tests/setup_real_parts.sh`")
     server = VllmServer(workdir / "vllm.log")
-    server.argv.append("--enable-logging-iteration-details")
-    (workdir / "logging.json").write_text(json.dumps(LOGGING_CONFIG))
-    server.env["VLLM_LOGGING_CONFIG_PATH"] = str(workdir / "logging.json")
+    server.log_steps()
     server.start()
     return server
 

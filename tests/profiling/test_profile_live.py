@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures.realparts import MAX_NUM_SEQS
+from fixtures.realparts import MAX_NUM_SEQS, VllmServer
 
 from vllm_autoscaler.controller.profile import load_profile
 
@@ -54,15 +54,16 @@ def test_profile_of_the_live_server_is_loadable_and_sane(measured_profile: Path)
 
 
 def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simulator(
-    vllm_server: str, measured_profile: Path, tmp_path: Path
+    shared_vllm_server: VllmServer, measured_profile: Path, tmp_path: Path
 ):
     out = tmp_path / "fidelity"
     # 30 s of the Azure conversation trace at a third of its rate, twenty times that for 6 s:
     # every burst request queues (at 5x the median sat on the knee between queued and not, and
     # one run in three missed by 46%), as in tests/benchmarks/bench_fidelity.py.
-    done = cli("fidelity", "--endpoint", vllm_server, "--profile", str(measured_profile),
+    done = cli("fidelity", "--endpoint", shared_vllm_server.url, "--profile", str(measured_profile),
                "--trace", str(AZURE_CONV), "--start", "600", "--end", "630", "--rate-scale", "0.3",
-               "--burst", "10:16:20", "--out", str(out), timeout=240)  # fmt: skip
+               "--burst", "10:16:20", "--engine-log", str(shared_vllm_server.log),
+               "--out", str(out), timeout=240)  # fmt: skip
     report = json.loads((out / "fidelity.json").read_text())
     assert report["failed_live"] == 0, report["failures_live"]
     stretches = report["stretches"]
@@ -73,16 +74,22 @@ def test_fidelity_replays_a_trace_with_a_burst_against_the_server_and_the_simula
         assert stretches["overloaded"][who]["ttft_p95"] > 1.2 * stretches["normal"][who]["ttft_p50"]
         assert stretches["all"][who]["completed"] == report["requests"]
     # Under normal load both deliver what arrives: throughput follows the trace.
-    normal, overloaded = stretches["normal"]["relative_error"], stretches["overloaded"]["relative_error"]
-    assert normal["throughput"] == pytest.approx(0, abs=0.10)
-    # The simulator with the profile measured just before: medians close under normal load
-    # (within 18% in two runs) and in the overload (within 9%; 247 requests in all). p95s of
-    # the normal stretch rest on a few requests: not checked here (bench_fidelity.py measures
-    # them on 1087).
+    assert stretches["normal"]["relative_error"]["throughput"] == pytest.approx(0, abs=0.10)
+    # The simulator with the profile measured just before, at the speed the server had during
+    # the replay (from its log of steps): medians close under normal load and in the overload
+    # (247 requests in all). As measured, without that speed, a shared 2-core machine's drift
+    # between the sweep and the replay moved the normal stretch's E2E median by -30% to +66%
+    # in three runs of one day, and by under 18% on others. p95s of the normal stretch rest on
+    # a few requests: not checked here (bench_fidelity.py measures them on 1087).
+    at_speed = report["at_measured_speed"]
+    assert "stretches" in at_speed, at_speed
+    normal = at_speed["stretches"]["normal"]["relative_error"]
+    overloaded = at_speed["stretches"]["overloaded"]["relative_error"]
+    as_measured = {name: stretches[name]["relative_error"] for name in ("normal", "overloaded")}
     for figure in ("ttft_p50", "e2e_p50"):
-        assert normal[figure] == pytest.approx(0, abs=0.25), (figure, normal)
+        assert normal[figure] == pytest.approx(0, abs=0.25), (figure, normal, as_measured)
     for figure in ("ttft_p50", "e2e_p50", "throughput"):
-        assert overloaded[figure] == pytest.approx(0, abs=0.25), (figure, overloaded)
+        assert overloaded[figure] == pytest.approx(0, abs=0.25), (figure, overloaded, as_measured)
     assert "| overloaded | ttft_p50 (s) |" in (out / "fidelity.md").read_text()
     assert (out / "fidelity.png").stat().st_size > 10_000
     assert "overloaded:" in done.stderr
