@@ -500,7 +500,7 @@ def share_gpus(study: optuna.Study, options: TuneOptions) -> None:
     advance, the sampler picks the rest. Left to the sampler, a GPU whose first trials miss
     the SLO gets hardly any more: on the Azure code trace TPE gave the H100 5 trials of 100,
     all missing, and kept the A10G defaults; with equal shares an H100 config met the SLO on
-    the held-out part at 0.69x the defaults' cost."""
+    the held-out part at 0.66-0.73x the defaults' cost (three seeds)."""
     gpus = [c.profile for c in options.gpu_choices]
     if len(gpus) < 2:
         return
