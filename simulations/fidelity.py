@@ -5,9 +5,10 @@ simulator (one static replica with the given profile, no autoscaling) with the v
 times at which the client sent each request. An optional burst multiplies the request rate
 over a stretch so that requests queue: the report splits every figure into the normal and the
 overloaded stretch, by arrival. The overloaded stretch runs from the burst's start until the
-live server's queue has drained after it: the first arrival after the burst at which every
-request sent before it had its first token (`drained_at`); those arriving in between wait for
-the burst's backlog. The split is the live server's, the same for the simulator's figures.
+queues of the live server and of the simulator have all drained after it: in each, the first
+arrival after the burst at which every request sent before it had its first token
+(`drained_at`); those arriving in between wait for the burst's backlog in one of them at least.
+So the normal stretch compares requests that did not queue with requests that did not queue.
 
 With the server's log of its steps (`engine_log`: vLLM with
 `--enable-logging-iteration-details`), the report also gives the figures of the simulator run
@@ -176,18 +177,16 @@ def drained_at(run: Run, after_s: float) -> float:
     return float(arrival[drained[0]]) if len(drained) else float("inf")
 
 
-def overloaded_until(live: Run, burst: Burst) -> float:
-    """Where the overloaded stretch ends: when the live server's queue drained after the burst."""
-    return max(burst.end_s, drained_at(live, burst.end_s))
+def overloaded_until(runs: list[Run], burst: Burst) -> float:
+    """Where the overloaded stretch ends: when every run's queue drained after the burst."""
+    return max(burst.end_s, *(drained_at(run, burst.end_s) for run in runs))
 
 
-def compare(live: Run, simulated: Run, burst: Burst | None) -> dict[str, dict]:
-    """Per stretch (all, normal, overloaded): live and simulated figures, relative errors. The
-    overloaded stretch: arrivals from the burst's start until the live server's queue drained."""
-    everything = np.ones(len(live.arrival), bool)
-    stretches = {"all": everything}
-    if burst is not None:
-        overloaded = burst.covers(live.arrival, overloaded_until(live, burst))
+def compare(live: Run, simulated: Run, overloaded: np.ndarray | None) -> dict[str, dict]:
+    """Per stretch (all; normal and overloaded, given the overloaded requests): live and
+    simulated figures, relative errors."""
+    stretches = {"all": np.ones(len(live.arrival), bool)}
+    if overloaded is not None:
         stretches |= {"normal": ~overloaded, "overloaded": overloaded}
     report = {}
     for name, chosen in stretches.items():
@@ -224,6 +223,9 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
             at_speed = simulate_run(live, replayed, options.profile, options.seed, measured)
         except EngineLogError as exc:  # the replay's figures stand without it
             unmeasured = f"{options.engine_log}: {exc}"
+    runs = [run for run in (live, simulated, at_speed) if run is not None]
+    until = None if options.burst is None else overloaded_until(runs, options.burst)
+    overloaded = None if options.burst is None else options.burst.covers(live.arrival, until)
     lateness = live.arrival - replayed.arrival_s
     held_back = first_token_held_back(live.arrival, live.first, live.end, live.output)
     report = {
@@ -231,15 +233,15 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
         "requests": len(replayed), "failed_live": sum(failures.values()),
         "failures_live": failures,
         "burst": None if options.burst is None else vars(options.burst),
-        "overloaded_until_s": None if options.burst is None else overloaded_until(live, options.burst),
+        "overloaded_until_s": until,
         "send_lateness_p95_s": float(np.percentile(lateness, 95)),
         "first_token_held_back_live": float(held_back.mean()),
         "load_average": os.getloadavg()[0],
-        "stretches": compare(live, simulated, options.burst),
+        "stretches": compare(live, simulated, overloaded),
     }  # fmt: skip
     if measured is not None and at_speed is not None:
         report["at_measured_speed"] = {"speed": measured.summary(),
-                                       "stretches": compare(live, at_speed, options.burst)}  # fmt: skip
+                                       "stretches": compare(live, at_speed, overloaded)}  # fmt: skip
     elif unmeasured is not None:
         report["at_measured_speed"] = {"error": unmeasured}
     write_report(report, live, simulated, options.burst, out)
@@ -297,7 +299,7 @@ def write_report(report: dict, live: Run, simulated: Run, burst: Burst | None, o
     if report.get("overloaded_until_s") is not None:
         b = report["burst"]
         lines += [f"Burst: x{b['factor']:g} from {b['start_s']:g} s to {b['end_s']:g} s; overloaded stretch: "
-                  f"arrivals from {b['start_s']:g} s until the live server's queue drained, "
+                  f"arrivals from {b['start_s']:g} s until the queues drained, live and simulated, "
                   f"{report['overloaded_until_s']:.1f} s.", ""]  # fmt: skip
     lines += error_table(report["stretches"])
     if "error" in report.get("at_measured_speed", {}):

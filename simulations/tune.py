@@ -264,6 +264,7 @@ class Objective:
         attained = judged_attainment(summaries)
         trial.set_user_attr("slo_attainment", attained)
         trial.set_user_attr("slo_attainment_by_replay", [s["slo_attainment"] for s in summaries])
+        trial.set_user_attr("cost_by_replay", [s["cost_total"] for s in summaries])
         trial.set_user_attr("ttft_p99", summaries[0]["ttft_p99"])
         trial.set_user_attr("at_max_share", at_max_share(results[0].timeline, target))
         trial.set_constraint("slo_shortfall", target.slo.attainment - attained)  # feasible <= 0
@@ -544,6 +545,7 @@ def trial_info(trial: FrozenTrial, required: float) -> dict:
     return {
         "number": trial.number, "cost": trial.value, "slo_attainment": attained,
         "slo_attainment_by_replay": trial.user_attrs.get("slo_attainment_by_replay"),
+        "cost_by_replay": trial.user_attrs.get("cost_by_replay"),
         "ttft_p99": trial.user_attrs["ttft_p99"], "feasible": attained >= required,
         "at_max_share": trial.user_attrs.get("at_max_share"), "params": trial.params,
     }  # fmt: skip

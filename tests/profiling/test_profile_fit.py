@@ -12,7 +12,7 @@ from synthetic import ClosedLoopStage, sweep
 
 from vllm_autoscaler.controller.profile import ReplicaProfile, load_profile, shipped_profiles
 from vllm_autoscaler.simulations.engine import Replica
-from vllm_autoscaler.simulations.fidelity import Burst, Run, compare, drained_at
+from vllm_autoscaler.simulations.fidelity import Burst, Run, compare, drained_at, overloaded_until
 from vllm_autoscaler.simulations.loadgen import (
     Endpoint, EndpointError, first_token_held_back, fit_lengths, kv_cache_blocks, kv_cache_tokens,
 )
@@ -232,7 +232,7 @@ def test_fidelity_errors_are_relative_to_the_live_figures():
     output = np.array([10, 10, 10, 10])
     live = Run(arrival, arrival + 0.1, arrival + 1.0, output)
     simulated = Run(arrival, arrival + 0.2, arrival + 1.0, output)
-    report = compare(live, simulated, Burst(2.0, 4.0, 2.0))
+    report = compare(live, simulated, Burst(2.0, 4.0, 2.0).covers(arrival))
     assert set(report) == {"all", "normal", "overloaded"}
     assert report["all"]["relative_error"]["ttft_p50"] == pytest.approx(1.0)
     assert report["all"]["relative_error"]["e2e_p95"] == pytest.approx(0.0)
@@ -241,18 +241,23 @@ def test_fidelity_errors_are_relative_to_the_live_figures():
     assert report["normal"]["live"]["throughput"] == pytest.approx(10.0)
 
 
-def test_the_overloaded_stretch_lasts_until_the_live_queue_drained_after_the_burst():
-    # A burst over [2, 4): the requests sent at 4.0 and 4.5 still wait behind it (the one of
-    # 3.5 has its first token at 5.2); at 6.0 nobody waits any more.
+def test_the_overloaded_stretch_lasts_until_every_queue_drained_after_the_burst():
+    # A burst over [2, 4): live, the requests sent at 4.0 and 4.5 still wait behind it (the one
+    # of 3.5 has its first token at 5.2); at 6.0 nobody waits any more.
     arrival = np.array([0.0, 1.0, 2.0, 2.5, 3.0, 3.5, 4.0, 4.5, 6.0, 7.0])
     first = np.array([0.1, 1.1, 2.1, 3.0, 4.0, 5.2, 5.5, 5.9, 6.1, 7.1])
     output = np.full(len(arrival), 10)
     live = Run(arrival, first, first + 1.0, output)
     burst = Burst(2.0, 4.0, 3.0)
     assert drained_at(live, burst.end_s) == 6.0
-    report = compare(live, live, burst)
+    assert overloaded_until([live, live], burst) == 6.0
+    report = compare(live, live, burst.covers(arrival, overloaded_until([live], burst)))
     assert report["overloaded"]["live"]["requests"] == 6  # 2.0 to 4.5
     assert report["normal"]["live"]["requests"] == 4
+    # A simulator slower to drain: there the one of 4.5 has its first token at 6.5, so the one
+    # of 6.0 waits behind the burst and is not compared as a normal request; at 7.0 both drained.
+    slower = Run(arrival, np.where(arrival == 4.5, 6.5, first), first + 1.0, output)
+    assert overloaded_until([live, slower], burst) == 7.0
     # A failed request (no first token) is not waiting: without the one of 3.5, the queue has
     # drained at 4.0 (the one of 3.0 had its first token then). One that never drains: to the end.
     failed = first.copy()

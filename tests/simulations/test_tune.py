@@ -101,6 +101,7 @@ def test_a_trial_is_judged_on_the_tuning_part_and_its_resamples(tmp_path):
     best = report["best_trial"]
     assert best["cost"] == pytest.approx(np.mean([s["cost_total"] for s in summaries]))
     assert best["slo_attainment_by_replay"] == [s["slo_attainment"] for s in summaries]
+    assert best["cost_by_replay"] == pytest.approx([s["cost_total"] for s in summaries])
     late = sum((1 - s["slo_attainment"]) * s["requests"] for s in summaries)
     pooled = 1 - late / sum(s["requests"] for s in summaries)
     assert best["slo_attainment"] == pytest.approx(min(summaries[0]["slo_attainment"], pooled))
