@@ -219,6 +219,9 @@ def tune(
         console.print(f"  {name:>12}: ${s['cost_total']:.2f}, SLO attainment {s['slo_attainment']:.2%}{pods}")
     if report["held_out_note"]:
         console.print(f"[yellow]note: {report['held_out_note']}[/]")
+    if importances := report["cost_importances"]:
+        top = ", ".join(f"{name} {share:.0%}" for name, share in list(importances.items())[:3])
+        console.print(f"what set the cheapest trials that met the SLO apart: {top}")
     console.print(f"-> {out}/tuned.yaml, {out}/tune.json, {out}/pareto.png")
 
 

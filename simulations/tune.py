@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 import yaml
 from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.importance import PedAnovaImportanceEvaluator
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -69,6 +70,7 @@ RIGHT_SIZED = "right-sized static (hindsight)"
 # parameter can buy what the bound forbids.
 SATURATED_SHARE = 0.5
 POLL_SECONDS = 0.5
+MIN_FEASIBLE_FOR_IMPORTANCE = 20
 # Each trial is also replayed on copies of the tuning part with its 5-minute blocks redrawn
 # (traces.resample_blocks): the cheapest trial on one replay is the one its noise favoured
 # most. On the Azure conversation trace at a 2-s SLO, such picks missed the SLO on the
@@ -340,6 +342,19 @@ def choose(study: optuna.Study, start: dict[str, Any], required: float, min_gain
     return best
 
 
+def cost_importances(trials: list[FrozenTrial], required: float) -> dict[str, float] | None:
+    """What sets the cheapest tenth of the trials that met the SLO apart from the rest of them:
+    each parameter's share (optuna's PED-ANOVA); None with fewer than MIN_FEASIBLE_FOR_IMPORTANCE
+    such trials (the tenth would be one or two trials)."""
+    feasible = [t for t in trials if t.user_attrs["slo_attainment"] >= required]
+    if len(feasible) < MIN_FEASIBLE_FOR_IMPORTANCE:
+        return None
+    study = optuna.create_study()  # in memory: importances among these trials only
+    study.add_trials(feasible)
+    importances = optuna.importance.get_param_importances(study, evaluator=PedAnovaImportanceEvaluator())
+    return {name: round(share, 3) for name, share in importances.items()}
+
+
 def pareto_front(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Trials no other trial beats on both cost (lower) and SLO attainment (higher)."""
     front: list[FrozenTrial] = []
@@ -471,6 +486,7 @@ def tune(
         "held_out": held_out_summaries,
         "held_out_note": held_out_note(held_out_summaries, required),
         "pareto_front": [trial_info(t, required) for t in front],
+        "cost_importances": cost_importances(completed, required),
     }
     write_outputs(out, tuned, report, completed, front, best, required)
     return report

@@ -19,10 +19,12 @@ from vllm_autoscaler.simulations.run import simulate
 from vllm_autoscaler.simulations.traces import Trace, save_trace
 from vllm_autoscaler.simulations.tune import (
     RIGHT_SIZED,
+    SEARCH_SPACE,
     GpuChoice,
     TuneError,
     TuneOptions,
     controller_values,
+    cost_importances,
     held_out_note,
     measured_at_bucket_bounds,
     open_study,
@@ -89,6 +91,7 @@ def test_tuned_yaml_loads_and_reproduces_the_held_out_result(tmp_path):
     on_disk = json.loads((tmp_path / "tune.json").read_text())
     assert set(on_disk["held_out"]) == {"tuned", "default", "hpa", "modal-only", "static-peak", "oracle", RIGHT_SIZED}
     assert on_disk["study"]["trials"] == 4 and on_disk["wall_seconds"] > 0
+    assert on_disk["cost_importances"] is None  # too few trials to tell
     assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -117,6 +120,25 @@ def test_a_trial_that_misses_the_slo_on_the_tuning_part_skips_its_resamples(tmp_
     alone = simulate(tuning, tuned_config(load_config(overrides=K8S_ONLY), None, AGGRESSIVE), "controller")
     assert aggressive.user_attrs["slo_attainment_by_replay"] == [alone.summary["slo_attainment"]]
     assert aggressive.value == pytest.approx(alone.summary["cost_total"])
+
+
+def test_cost_importances_name_what_sets_the_cheapest_trials_that_met_the_slo_apart():
+    # Among trials meeting the SLO the cost follows the headroom; among those missing it, the
+    # hysteresis (which must not count).
+    spaces = {"headroom": SEARCH_SPACE["headroom"], "hysteresis": SEARCH_SPACE["hysteresis"]}
+    rng = np.random.default_rng(0)
+
+    def trial(attained: float) -> optuna.trial.FrozenTrial:
+        params = {name: float(rng.uniform(d.low, d.high)) for name, d in spaces.items()}
+        cost = 10 + 20 * params["headroom"] if attained >= 0.99 else 100 * params["hysteresis"]
+        return optuna.trial.create_trial(params=params, distributions=spaces, value=cost,
+                                         user_attrs={"slo_attainment": attained})  # fmt: skip
+
+    missed = [trial(0.95) for _ in range(40)]
+    met = [trial(0.995) for _ in range(40)]
+    importances = cost_importances(met + missed, 0.99)
+    assert importances["headroom"] > 0.8 > importances["hysteresis"]
+    assert cost_importances(met[:19] + missed, 0.99) is None  # too few met it to tell
 
 
 def test_a_cheaper_trial_that_misses_the_slo_is_not_chosen(tmp_path):
