@@ -345,3 +345,14 @@ def test_command_refuses_a_split_that_leaves_no_requests(tmp_path):
     result = cli(tmp_path, burst, "--trials", "2")
     assert result.exit_code == 2
     assert "--split 0.7 of 5 requests over 0 s leaves a part without requests" in result.output
+
+
+def test_command_names_what_set_the_cheapest_trials_apart(tmp_path):
+    result = cli(tmp_path, RAMP, "--trials", "24", "--resamples", "0", f"--set={SLO[0]}")
+    assert result.exit_code == 0, result.output
+    importances = json.loads((tmp_path / "out" / "tune.json").read_text())["cost_importances"]
+    assert importances, "fewer than 20 of the 24 trials met the SLO (all do on RAMP)"
+    first = next(iter(importances))
+    said = " ".join(result.output.split())  # the console wraps long lines
+    assert f"the cheapest trials that met the SLO apart: {first} {importances[first]:.0%}" in said
+    assert sum(importances.values()) == pytest.approx(1.0, abs=0.01)
