@@ -5,7 +5,7 @@ running then would have made."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from emulators.vllm_history import OUTPUT, PROMPT, STEP_S, vllm_history
@@ -36,8 +36,8 @@ def past(tmp_path) -> Iterator[tuple[PrometheusServer, float]]:
     server.stop()
 
 
-def source(url: str, model: str = "tiny-llama") -> PrometheusMetrics:
-    return PrometheusMetrics(PrometheusSource(url=url, selector={"model_name": model}))
+def source(url: str, model: str = "tiny-llama", clock: Callable[[], float] = time.time) -> PrometheusMetrics:
+    return PrometheusMetrics(PrometheusSource(url=url, selector={"model_name": model}), clock)
 
 
 def between(history, end: float, newest_before: float, oldest_before: float):
@@ -46,7 +46,10 @@ def between(history, end: float, newest_before: float, oldest_before: float):
 
 async def test_history_is_what_a_controller_running_then_would_have_read(past, monkeypatch):
     server, end = past
-    history = await source(server.url).history(HOURS * 3600, STEP_S)
+    # Both reads at one moment: the range queries' grids start at whole seconds before now, so
+    # a second read in the next second would be a grid shifted by a second (seen in CI).
+    now = time.time()
+    history = await source(server.url, clock=lambda: now).history(HOURS * 3600, STEP_S)
     times = [o.time for o in history]
     assert all(b - a >= STEP_S for a, b in zip(times, times[1:]))  # oldest first, once each
     assert times[0] <= end - HOURS * 3600 + 2 * STEP_S and times[-1] >= end - 2 * STEP_S
@@ -67,7 +70,7 @@ async def test_history_is_what_a_controller_running_then_would_have_read(past, m
     assert gap and all(o.arrival_rate.value is None for o in gap)
     # More points than one range query may hold: read in pieces, the same observations.
     monkeypatch.setattr(prometheus, "MAX_POINTS_PER_QUERY", 50)
-    assert await source(server.url).history(HOURS * 3600, STEP_S) == history
+    assert await source(server.url, clock=lambda: now).history(HOURS * 3600, STEP_S) == history
 
 
 async def test_a_tick_under_a_second_is_a_valid_step(past):
