@@ -223,9 +223,11 @@ def run_fidelity(url: str, trace: Trace, options: FidelityOptions, out: Path) ->
             at_speed = simulate_run(live, replayed, options.profile, options.seed, measured)
         except EngineLogError as exc:  # the replay's figures stand without it
             unmeasured = f"{options.engine_log}: {exc}"
-    runs = [run for run in (live, simulated, at_speed) if run is not None]
-    until = None if options.burst is None else overloaded_until(runs, options.burst)
-    overloaded = None if options.burst is None else options.burst.covers(live.arrival, until)
+    until = overloaded = None
+    if options.burst is not None:
+        runs = [run for run in (live, simulated, at_speed) if run is not None]
+        until = overloaded_until(runs, options.burst)
+        overloaded = options.burst.covers(live.arrival, until)
     lateness = live.arrival - replayed.arrival_s
     held_back = first_token_held_back(live.arrival, live.first, live.end, live.output)
     report = {

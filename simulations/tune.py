@@ -336,17 +336,20 @@ def choose(study: optuna.Study, start: dict[str, Any], required: float, min_gain
     best = best_feasible(study, required)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     own = next((t for t in done if t.params == start), None)
-    feasible = own is not None and own.user_attrs["slo_attainment"] >= required
-    if feasible and best.value > own.value * (1 - min_gain):
+    if own is not None and met_slo(own, required) and best.value > own.value * (1 - min_gain):
         return own
     return best
+
+
+def met_slo(trial: FrozenTrial, required: float) -> bool:
+    return trial.user_attrs["slo_attainment"] >= required
 
 
 def cost_importances(trials: list[FrozenTrial], required: float) -> dict[str, float] | None:
     """What sets the cheapest tenth of the trials that met the SLO apart from the rest of them:
     each parameter's share (optuna's PED-ANOVA); None with fewer than MIN_FEASIBLE_FOR_IMPORTANCE
     such trials (the tenth would be one or two trials)."""
-    feasible = [t for t in trials if t.user_attrs["slo_attainment"] >= required]
+    feasible = [t for t in trials if met_slo(t, required)]
     if len(feasible) < MIN_FEASIBLE_FOR_IMPORTANCE:
         return None
     study = optuna.create_study()  # in memory: importances among these trials only
@@ -585,8 +588,8 @@ def plot_pareto(
     def points(ts: list[FrozenTrial]) -> tuple[list[float], list[float]]:
         return [t.value for t in ts], [100 * t.user_attrs["slo_attainment"] for t in ts]
 
-    feasible = [t for t in trials if t.user_attrs["slo_attainment"] >= required]
-    infeasible = [t for t in trials if t.user_attrs["slo_attainment"] < required]
+    feasible = [t for t in trials if met_slo(t, required)]
+    infeasible = [t for t in trials if not met_slo(t, required)]
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.scatter(*points(infeasible), s=16, color="tab:red", alpha=0.5, label="misses the SLO")
     ax.scatter(*points(feasible), s=16, color="tab:green", alpha=0.7, label="meets the SLO")

@@ -7,8 +7,8 @@ rate-scaled to what the server takes, with a burst early on that overloads it, a
 simulator with the fitted profile. Prints TTFT p50/p95, E2E p50/p95 and throughput errors of
 the normal and the overloaded stretch (arrivals from the burst's start until the queues of the
 server and the simulator have drained after it; the rest, several hundred requests, is the
-normal stretch), and the
-machine's load average (the machine is shared: the figures are noisy). The server it starts logs its steps (`--enable-logging-iteration-details`):
+normal stretch), and the machine's load average (the machine is shared: the figures are
+noisy). The server it starts logs its steps (`--enable-logging-iteration-details`):
 the errors are printed again for the simulator run at the speed the server had during the
 replay (`fidelity --engine-log`), with the range of that speed against the sweep's. Takes about
 8 minutes (a 2-minute sweep, a 4-minute replay).
