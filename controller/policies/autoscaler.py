@@ -55,6 +55,11 @@ HISTORY_MARGIN_S = 3600.0
 MIX_ALPHA = 0.05
 
 
+def counting_noise(rate: float) -> float:
+    """Two standard errors of a rate (req/s) measured as a Poisson count over the window."""
+    return 2 * math.sqrt(max(rate, 0.0) / METRICS_WINDOW_S)
+
+
 class BurstReserve:
     """Warm replicas kept for bursts shorter than the rate window.
 
@@ -168,8 +173,8 @@ class SpillPricing:
         if len(self.spilled) >= self.least_samples:
             layers = sorted(n for _, n in self.spilled)[int(self.quantile * len(self.spilled))]
             if layers:
-                noise = 2 * math.sqrt(base / METRICS_WINDOW_S)
-                self.pods, self.release_below = pods + 1, base * (1 - self.hysteresis) - noise
+                self.pods = pods + 1
+                self.release_below = base * (1 - self.hysteresis) - counting_noise(base)
                 self.spilled.clear()
         return self.pods
 
@@ -363,9 +368,10 @@ class ControllerPolicy:
         band = self.forecaster.forecast(now, lead)
         details.update(k8s_forecast=band.point, k8s_upper=band.upper)
         rising = self.forecaster.significant_trend() * lead / capacity  # replicas' worth the trend adds
+        tolerance = self._tolerance(asked, details["rate"], capacity, details["pressure"])
         if not self.target.modal_pool:  # alone: carry the whole upper band within the SLO
             needed = self._replicas_worth(band.upper + backlog_rate, capacity)
-            return max(self._tolerate(needed, asked, rising), floor)
+            return max(self._tolerate(needed, asked, rising, tolerance), floor)
         # Hybrid: the base layer — load present often enough that an hourly-billed pod beats
         # per-second Modal; what exceeds the pods spills over to Modal. A Modal container
         # stays billed for its scaledown window after each use, so a layer counts as present
@@ -377,7 +383,7 @@ class ControllerPolicy:
         base = min(base, band.upper)
         spill_pods = self.spill.update(now, spilled, asked, base, capacity, rising)
         details.update(k8s_base_rate=base, spill_pods=spill_pods)
-        return max(self._tolerate(base / capacity, asked, rising), self.burst_reserve.level, spill_pods)
+        return max(self._tolerate(base / capacity, asked, rising, tolerance), self.burst_reserve.level, spill_pods)
 
     def _plan_modal(self, now, capacity, k8s, floor, backlog_rate, details):
         """Warm containers Modal's own request-driven scaling would be too late for; the
@@ -426,16 +432,23 @@ class ControllerPolicy:
     def _replicas(self, rate: float, capacity: float) -> int:
         return math.ceil(self._replicas_worth(rate, capacity))
 
-    def _tolerate(self, needed: float, asked: int, rising: float) -> int:
-        """Pods for `needed` replicas' worth. As the HPA's tolerance does, a rise within
-        `hysteresis` of the pods already asked for keeps them: on a flat load it is the
-        sampling noise of the measured rate (the capacity per replica is sized for Poisson
-        arrivals already; with Modal beside the pods it takes the excess within seconds),
-        and a pod started for it arrives minutes later. Not on a ramp (the trend alone adds
-        `rising` replicas' worth over a pod's lead time, as much as the tolerance): there every
-        rise is load. Pressure still adds pods through the correction and the backlog."""
-        pods = math.ceil(needed)
+    def _tolerance(self, asked: int, rate: float, capacity: float, pressure: str | None) -> float:
+        """Replicas' worth a rise may stay within and keep the pods asked for: as the HPA's
+        tolerance, `hysteresis` of them, for the sampling noise of the measured rate (the
+        capacity per replica is sized for Poisson arrivals already; with Modal beside the pods
+        it takes the excess within seconds), and a pod started for it arrives minutes later.
+        Under pressure the pods are proven short and the rise is the capacity correction's:
+        only the rate's own noise is tolerated. (Above ten pods 10% is more than a pod: the
+        pool stayed short, the next cut a minute later overshot by one, and the recovered
+        estimate released both.)"""
         tolerance = self.p.hysteresis * asked
+        return min(tolerance, counting_noise(rate) / capacity) if pressure else tolerance
+
+    def _tolerate(self, needed: float, asked: int, rising: float, tolerance: float) -> int:
+        """Pods for `needed` replicas' worth: a rise within `tolerance` keeps the pods asked
+        for, but not on a ramp (the trend alone adds `rising` replicas' worth over a pod's lead
+        time, as much as the tolerance): there every rise is load."""
+        pods = math.ceil(needed)
         if pods > asked and needed <= asked + tolerance and rising < tolerance:
             return asked
         return pods

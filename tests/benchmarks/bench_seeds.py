@@ -2,10 +2,11 @@
 
 `bench_policies.py` runs one seed per load; how far the controller is from the oracle on a
 step or a burst depends on where the noise falls. This runs the same steady, step, spiky and
-diurnal loads (6-hour days, as `bench_policies.py --quick`), and MMPP bursts, on seeds
+diurnal loads (6-hour days, as `bench_policies.py --quick`), a steady load 3.3x as large (1000
+requests/minute, ~13 pods), and MMPP bursts, on seeds
 0..N-1 and prints, per seed, each policy's cost and SLO attainment and their ratio, then the
 ratio of the totals.
-Run: python tests/benchmarks/bench_seeds.py [--seeds 6] [--loads steady,step,spiky,diurnal,mmpp]
+Run: python tests/benchmarks/bench_seeds.py [--seeds 6] [--loads steady,large,step,spiky,diurnal,mmpp]
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from vllm_autoscaler.simulations.run import simulate
 HOURS = 6
 LOADS = {
     "steady": lambda seed: generators.poisson(rate_per_s=5, duration_s=4 * 3600, seed=seed),
+    # A larger pool (~13 pods), where 10% of the pods asked for is more than a pod.
+    "large": lambda seed: generators.poisson(rate_per_s=1000 / 60, duration_s=3 * 3600, seed=seed),
     "step": lambda seed: generators.step(rates=(2, 8, 4, 10, 3), step_duration_s=2400, seed=seed),
     "spiky": lambda seed: generators.spiky_daily(
         base_rate_per_s=1, peak_rate_per_s=10, peak_hours_per_day=3,

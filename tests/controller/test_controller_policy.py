@@ -176,11 +176,30 @@ def test_queueing_spikes_within_the_error_budget_add_no_pods_a_lasting_burn_does
 
 def test_a_rise_within_the_tolerance_keeps_the_pods_unless_larger_or_on_a_ramp():
     p = policy()  # hysteresis 0.1, as the HPA's tolerance
-    assert p._tolerate(4.4, asked=4, rising=0.0) == 4  # 10% above 4 pods' worth: rate noise
-    assert p._tolerate(4.5, asked=4, rising=0.0) == 5
-    assert p._tolerate(2.3, asked=2, rising=0.0) == 3  # relative to the pods asked for
-    assert p._tolerate(4.4, asked=4, rising=0.4) == 5  # the trend explains it: a ramp
-    assert p._tolerate(3.2, asked=4, rising=0.0) == 4  # scale-down is the guard's business
+    assert p._tolerate(4.4, asked=4, rising=0.0, tolerance=0.4) == 4  # rate noise
+    assert p._tolerate(4.5, asked=4, rising=0.0, tolerance=0.4) == 5
+    assert p._tolerate(4.4, asked=4, rising=0.4, tolerance=0.4) == 5  # the trend explains it: a ramp
+    assert p._tolerate(3.2, asked=4, rising=0.0, tolerance=0.4) == 4  # scale-down is the guard's business
+    assert p._tolerance(4, rate=5.0, capacity=1.3, pressure=None) == pytest.approx(0.4)
+    assert p._tolerance(2, rate=5.0, capacity=1.3, pressure=None) == pytest.approx(0.2)  # of the pods asked
+    # Under pressure only the rate's counting noise: two standard errors of a minute's count.
+    noise = 2 * math.sqrt(16.8 / 60) / 1.3
+    assert p._tolerance(12, rate=16.8, capacity=1.3, pressure="late") == pytest.approx(noise)  # < 1.2
+    assert p._tolerance(4, rate=5.0, capacity=1.3, pressure="late") == pytest.approx(0.4)  # < noise
+
+
+@pytest.mark.parametrize("rate, asked, grows", [(20.44, 12, True), (6.5, 4, False)])
+def test_under_pressure_a_large_pool_grows_by_what_the_cut_asks_beyond_the_rate_noise(rate, asked, grows):
+    """One cut of the capacity estimate asks 12.8 pods' worth of a pool of 12: 10% would keep
+    the 12 that proved short (and a second cut a minute later overshot to 14); the rate's noise
+    (0.6 pod here) does not. On 4 pods the cut's 4.07 stays within that noise."""
+    p = policy()
+    replay(p, [rate] * 40)
+    now = 40 * TICK
+    assert p.decide(observe(now, rate, (asked, 0, asked)), now).kubernetes_replicas == asked
+    late = p.decide(observe(now + TICK, rate, (asked, 0, asked), ttft=10.0), now + TICK)
+    assert late.reason.driver == "pressure"
+    assert late.kubernetes_replicas == asked + grows
 
 
 def test_after_a_metrics_outage_scale_down_still_waits_a_full_window():
