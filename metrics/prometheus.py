@@ -195,8 +195,13 @@ class PrometheusMetrics:
         def at(seconds: float) -> datetime:
             return datetime.fromtimestamp(seconds, UTC)
 
-        # A bare number of seconds: a duration such as "0.5s" is not valid PromQL.
-        return self._ask(promql, self._client.custom_query_range, promql, at(start), at(end), f"{step_s:g}")
+        # The client rounds start and end to whole seconds, and its `params` override them:
+        # exact times (Prometheus keeps milliseconds), so that the pieces of a long read go on
+        # with one grid, whatever the step. A bare number of seconds for the step: a duration
+        # such as "0.5s" is not valid PromQL.
+        exact = {"start": f"{start:.3f}", "end": f"{end:.3f}"}
+        return self._ask(promql, self._client.custom_query_range, promql, at(start), at(end),
+                         f"{step_s:g}", exact)
 
     def _ask(self, promql: str, call: Callable[..., list[dict]], *args: object) -> list[dict]:
         try:

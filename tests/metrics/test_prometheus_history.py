@@ -46,8 +46,8 @@ def between(history, end: float, newest_before: float, oldest_before: float):
 
 async def test_history_is_what_a_controller_running_then_would_have_read(past, monkeypatch):
     server, end = past
-    # Both reads at one moment: the range queries' grids start at whole seconds before now, so
-    # a second read in the next second would be a grid shifted by a second (seen in CI).
+    # Both reads at one moment: the range queries' grid starts `seconds` before now, so a
+    # later read would be a shifted grid (seen in CI).
     now = time.time()
     history = await source(server.url, clock=lambda: now).history(HOURS * 3600, STEP_S)
     times = [o.time for o in history]
@@ -73,10 +73,14 @@ async def test_history_is_what_a_controller_running_then_would_have_read(past, m
     assert await source(server.url, clock=lambda: now).history(HOURS * 3600, STEP_S) == history
 
 
-async def test_a_tick_under_a_second_is_a_valid_step(past):
+async def test_a_tick_under_a_second_is_a_valid_step(past, monkeypatch):
     server, _ = past  # "0.5s" is no PromQL duration; the step is sent as a number of seconds
-    history = await source(server.url).history(60, 0.5)
+    now = time.time() // 1 - 0.4  # x.6 s: pieces end between whole seconds (the client rounds)
+    history = await source(server.url, clock=lambda: now).history(60, 0.5)
     assert len(history) >= 119 and history[1].time - history[0].time == 0.5
+    # Read in pieces of 25 s, the same points: none lost where one piece ends.
+    monkeypatch.setattr(prometheus, "MAX_POINTS_PER_QUERY", 50)
+    assert await source(server.url, clock=lambda: now).history(60, 0.5) == history
 
 
 async def test_no_series_under_the_selector_is_no_history(past):
