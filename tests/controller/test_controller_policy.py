@@ -202,6 +202,20 @@ def test_under_pressure_a_large_pool_grows_by_what_the_cut_asks_beyond_the_rate_
     assert late.kubernetes_replicas == asked + grows
 
 
+@pytest.mark.parametrize("ready, cut", [(4, 0.93), (45, 1 - 1 / 45)])
+def test_a_full_kv_cache_cuts_the_capacity_estimate_by_one_replicas_share_at_most(ready, cut):
+    """A warning, not a miss: on 4 replicas the usual 7% cut; on 45, where 7% asked for 3 pods
+    more, one replica's share (2.2%)."""
+    p = policy()
+    replay(p, [1.0] * 40)
+    now = 40 * TICK
+    before = p.correction
+    full = replace(observe(now, 40.0, (ready, 0, ready), waiting=3.0), kv_usage_mean=Sample(0.95, now))
+    d = p.decide(full, now)
+    assert d.reason.driver == "pressure" and "KV cache 95% full" in d.reason.summary
+    assert d.reason.details["correction"] == pytest.approx(before * cut)
+
+
 def test_after_a_metrics_outage_scale_down_still_waits_a_full_window():
     p = policy("targets.0.modal.enabled=false")
     window = p.p.scale_down_stabilization_seconds
