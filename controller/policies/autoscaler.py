@@ -286,8 +286,8 @@ class ControllerPolicy:
         # Queueing spikes a right-sized pool has anyway stay within the budget: only a fast
         # burn, or one that has spent the budget of the whole window, calls for capacity.
         if late > allowed and (late >= self.p.fast_burn * allowed or burn >= 1):
-            late_share = f"{late:.1%} of requests over the TTFT SLO (error budget burn {burn:.1f}x)"
-            return late_share, CORRECTION_DOWN
+            why = f"{late:.1%} of requests over the TTFT SLO (error budget burn {burn:.1f}x)"
+            return why, CORRECTION_DOWN
         if excess > 0:
             return f"{waiting:.0f} requests waiting, {backlog} queued at Modal", CORRECTION_DOWN
         # A full cache only hurts when it keeps requests waiting. It warns of lateness to come
@@ -306,6 +306,7 @@ class ControllerPolicy:
             return self._hold(observation, "arrival rate missing or stale: holding, no scale-down")
         k8s_ready = observation.kubernetes.ready if observation.kubernetes else 0
         modal_ready = observation.modal.ready if observation.modal else 0
+        ready = k8s_ready + modal_ready
         late = self._late_share(observation, now)
         burn = self.error_budget.update(now, rate, rate * late)
         # Requests waiting in vLLM beyond the few a busy replica holds between two steps are
@@ -315,11 +316,10 @@ class ControllerPolicy:
         # spill while every pod was mid-step is no shortage.
         waiting = self._fresh(observation, "waiting", now) or 0.0
         backlog = (observation.modal.backlog or 0) if observation.modal else 0
-        tolerated = self.p.waiting_per_replica_target * (k8s_ready + modal_ready)
+        tolerated = self.p.waiting_per_replica_target * ready
         backlog_rate = (max(waiting - tolerated, 0.0) + backlog) / self.target.slo.ttft_seconds
         excess = waiting + backlog - max(tolerated, self.p.waiting_per_replica_target)
-        pressure, cut = self._pressure(observation, now, late, burn, waiting, backlog, excess,
-                                       k8s_ready + modal_ready)
+        pressure, cut = self._pressure(observation, now, late, burn, waiting, backlog, excess, ready)
         self._correct(pressure, now, self._capacity_arriving(observation), cut)
         capacity = self._capacity()
         if capacity <= 0:
