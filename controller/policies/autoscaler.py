@@ -71,15 +71,24 @@ class BurstReserve:
     `memory_s` raises the reserve above the warm capacity that failed. What a burst needed
     halves with each `memory_s` since it was seen, and the reserve is the largest of those: it
     follows bursts down as they shrink, and lapses gradually once they stop.
+
+    A lone sudden burst (one that comes while no reserve is held) still on once capacity
+    started for it is ready (`lead_s` after it came) was a level the rate followed: when it
+    ends, its need counts a `memory_s` older, so half of it is held, not all (on daily peaks
+    30 minutes long and hours apart, the whole need held idle pods for half an hour after each;
+    bursts that come while a reserve is held keep it whole: that is what serves the next one).
     """
 
-    def __init__(self, memory_s: float, margin: float):
+    def __init__(self, memory_s: float, margin: float, lead_s: float):
         self.memory_s, self.margin = memory_s, margin  # margin: replicas' worth per unit of load
+        self.lead_s = lead_s
         self.level = 0
         self.last_burst = -math.inf
-        # (time, replicas) of past bursts, each needing more than every later one: a later,
-        # larger need outlasts an earlier, smaller one.
-        self.needs: deque[tuple[float, int]] = deque()
+        self.lone = True  # the latest burst came while no reserve was held
+        # (time, replicas, rate) of past bursts, each needing more than every later one: a
+        # later, larger need outlasts an earlier, smaller one. `rate`: the window's rate that
+        # shows a lone sudden burst still on (inf for any other: the rate does not follow it).
+        self.needs: deque[tuple[float, int, float]] = deque()
         self.recent: deque[tuple[float, int, float, float]] = deque()  # (time, warm, rate, instant)
 
     def update(self, overload: bool, warm: int, rate: float, instant: float | None,
@@ -97,17 +106,34 @@ class BurstReserve:
         sudden = peak_instant > SUDDEN_ABOVE_RATE * peak_rate
         too_short = overload and peak_rate < BURSTY_BELOW_UTILIZATION * least_warm * capacity
         if sudden or too_short:
+            if now - self.last_burst > METRICS_WINDOW_S:  # a new burst, not this one seen again
+                self.lone = self.level == 0
             needed = math.ceil(peak_instant * self.margin / capacity) if sudden else 0
+            on_while = peak_instant / SUDDEN_ABOVE_RATE if sudden and self.lone else math.inf
             if overload and now - self.last_burst <= self.memory_s:
-                needed = max(needed, least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
+                grown = max(least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
+                if grown > needed:  # warm capacity failed again: the rate does not show it
+                    needed, on_while = grown, math.inf
             while self.needs and self.needs[-1][1] <= needed:
                 self.needs.pop()
-            self.needs.append((now, needed))
+            self.needs.append((now, needed, on_while))
             self.last_burst = now
-        self.level = max((self._halved(need, since, now) for since, need in self.needs), default=0)
-        while self.needs and self._halved(self.needs[0][1], self.needs[0][0], now) == 0:
-            self.needs.popleft()
+        self.needs = deque(self._following(self.needs, rate, now))
+        self.level = max((self._halved(need, since, now) for since, need, _ in self.needs), default=0)
         return self.level
+
+    def _following(self, needs, rate: float, now: float):
+        """The needs not lapsed. A lone burst is over once the window's rate, caught up with
+        it, falls below `on_while`: if it lasted `lead_s`, its need ages a `memory_s`; if not,
+        it was too short for the rate to follow and keeps its need whole."""
+        for since, need, on_while in needs:
+            age = now - since
+            if math.isfinite(on_while) and age >= METRICS_WINDOW_S and rate < on_while:
+                if age >= self.lead_s:
+                    since -= self.memory_s
+                on_while = math.inf
+            if self._halved(need, since, now):
+                yield since, need, on_while
 
     def _halved(self, need: int, since: float, now: float) -> int:
         """A burst's need, halved once per `memory_s` since it was seen."""
@@ -216,10 +242,12 @@ class ControllerPolicy:
         self.output_mean = 200.0
         self.correction = 1.0
         self.last_cut = -math.inf
-        self.burst_reserve = BurstReserve(p.burst_memory_seconds, self._replicas_worth(1.0, 1.0))
+        k8s, modal = target.kubernetes_pool, target.modal_pool
+        # The reserve's replicas are the primary pool's: pods when there are any.
+        lead = k8s.startup_seconds.high if k8s else modal.startup.high
+        self.burst_reserve = BurstReserve(p.burst_memory_seconds, self._replicas_worth(1.0, 1.0), lead + tick_s)
         self.error_budget = ErrorBudget(p.error_budget_window_seconds, 1 - target.slo.attainment)
         self.last: Decision | None = None
-        k8s, modal = target.kubernetes_pool, target.modal_pool
         self.k8s_guard = k8s and PoolGuard(
             k8s.min_replicas, k8s.max_replicas, p.scale_down_stabilization_seconds,
             p.max_scale_up_per_tick, p.max_scale_down_per_tick, p.hysteresis,

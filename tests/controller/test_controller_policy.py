@@ -325,6 +325,30 @@ def test_the_burst_reserve_follows_smaller_bursts_down():
     assert d.reason.details["burst_reserve"] == needed
 
 
+@pytest.mark.parametrize("recurring", [False, True])
+def test_a_lone_burst_that_outlasts_a_pods_start_up_leaves_half_its_reserve(recurring):
+    # A sudden burst still on once pods started for it are ready was a level the rate
+    # followed: kept whole, its need would hold idle pods for half an hour after it ends. One
+    # that comes while an earlier burst's reserve is held is a pattern: it keeps its need.
+    p = policy()
+    lead = p.target.kubernetes_pool.startup_seconds.high + TICK
+    replay(p, [1.0] * 40)
+    onset = 40 * TICK
+    if recurring:
+        p.decide(observe(onset - 600, 2.0, instant=12.0), onset - 600)
+    d = p.decide(observe(onset, 2.0, instant=12.0), onset)
+    needed = d.reason.details["burst_reserve"]
+    assert needed > 4
+    t = onset
+    while t < onset + lead + 60:
+        t += TICK
+        d = p.decide(observe(t, 10.0, (8, 0, 8), instant=10.0), t)
+    for _ in range(20):  # over: back to 1 req/s
+        t += TICK
+        d = p.decide(observe(t, 1.0, (8, 0, 8)), t)
+    assert d.reason.details["burst_reserve"] == (needed if recurring else needed // 2)
+
+
 def test_the_burst_reserves_pods_still_starting_are_kept_warm_on_modal():
     # Pods take minutes to start; the next burst may come first, and only warm capacity
     # serves it within the SLO.
