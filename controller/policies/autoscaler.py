@@ -106,21 +106,29 @@ class BurstReserve:
         sudden = peak_instant > SUDDEN_ABOVE_RATE * peak_rate
         too_short = overload and peak_rate < BURSTY_BELOW_UTILIZATION * least_warm * capacity
         if sudden or too_short:
-            if now - self.last_burst > METRICS_WINDOW_S:  # a new burst, not this one seen again
-                self.lone = self.level == 0
-            needed = math.ceil(peak_instant * self.margin / capacity) if sudden else 0
-            on_while = peak_instant / SUDDEN_ABOVE_RATE if sudden and self.lone else math.inf
-            if overload and now - self.last_burst <= self.memory_s:
-                grown = max(least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
-                if grown > needed:  # warm capacity failed again: the rate does not show it
-                    needed, on_while = grown, math.inf
-            while self.needs and self.needs[-1][1] <= needed:
-                self.needs.pop()
-            self.needs.append((now, needed, on_while))
-            self.last_burst = now
+            self._record(now, overload, least_warm, peak_instant if sudden else None, capacity)
         self.needs = deque(self._following(self.needs, rate, now))
         self.level = max((self._halved(need, since, now) for since, need, _ in self.needs), default=0)
         return self.level
+
+    def _record(self, now: float, overload: bool, least_warm: int, peak_instant: float | None,
+                capacity: float) -> None:
+        """A burst seen now: sudden (its peak rate between two scrapes given) or too short for
+        even that."""
+        if now - self.last_burst > METRICS_WINDOW_S:  # a new burst, not this one seen again
+            self.lone = self.level == 0
+        needed, on_while = 0, math.inf
+        if peak_instant is not None:
+            needed = math.ceil(peak_instant * self.margin / capacity)
+            on_while = peak_instant / SUDDEN_ABOVE_RATE if self.lone else math.inf
+        if overload and now - self.last_burst <= self.memory_s:
+            grown = max(least_warm + 1, math.ceil(least_warm * BURST_RESERVE_GROWTH))
+            if grown > needed:  # warm capacity failed again: the rate does not show it
+                needed, on_while = grown, math.inf
+        while self.needs and self.needs[-1][1] <= needed:
+            self.needs.pop()
+        self.needs.append((now, needed, on_while))
+        self.last_burst = now
 
     def _following(self, needs, rate: float, now: float):
         """The needs not lapsed. A lone burst is over once the window's rate, caught up with
