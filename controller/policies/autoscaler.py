@@ -251,16 +251,20 @@ class ControllerPolicy:
         self.correction = 1.0
         self.last_cut = -math.inf
         k8s, modal = target.kubernetes_pool, target.modal_pool
+        # Lead times: how far ahead capacity asked for now is ready (worst start-up + a tick).
+        self.k8s_lead_s = k8s.startup_seconds.high + tick_s if k8s else None
+        self.modal_lead_s = modal.startup.high + tick_s if modal else None
         # The reserve's replicas are the primary pool's: pods when there are any.
-        lead = k8s.startup_seconds.high if k8s else modal.startup.high
-        self.burst_reserve = BurstReserve(p.burst_memory_seconds, self._replicas_worth(1.0, 1.0), lead + tick_s)
+        self.burst_reserve = BurstReserve(
+            p.burst_memory_seconds, self._replicas_worth(1.0, 1.0), self.k8s_lead_s or self.modal_lead_s
+        )
         self.error_budget = ErrorBudget(p.error_budget_window_seconds, 1 - target.slo.attainment)
         self.last: Decision | None = None
         self.k8s_guard = k8s and PoolGuard(
             k8s.min_replicas, k8s.max_replicas, p.scale_down_stabilization_seconds,
             p.max_scale_up_per_tick, p.max_scale_down_per_tick, p.hysteresis,
         )  # fmt: skip
-        self.lulls = k8s and LullMemory(k8s.startup_seconds.high + tick_s, p.burst_memory_seconds)
+        self.lulls = k8s and LullMemory(self.k8s_lead_s, p.burst_memory_seconds)
         self.modal_guard = modal and PoolGuard(
             modal.min_containers, modal.max_containers, MODAL_STABILIZATION_S,
             p.max_scale_up_per_tick, p.max_scale_down_per_tick, 0.0,
@@ -407,7 +411,7 @@ class ControllerPolicy:
         k8s = self.target.kubernetes_pool
         if not k8s:
             return None
-        lead = k8s.startup_seconds.high + self.tick_s
+        lead = self.k8s_lead_s
         band = self.forecaster.forecast(now, lead)
         details.update(k8s_forecast=band.point, k8s_upper=band.upper)
         rising = self.forecaster.significant_trend() * lead / capacity  # replicas' worth the trend adds
@@ -435,7 +439,7 @@ class ControllerPolicy:
         modal = self.target.modal_pool
         if not modal:
             return None, None
-        band = self.forecaster.forecast(now, modal.startup.high + self.tick_s)
+        band = self.forecaster.forecast(now, self.modal_lead_s)
         details.update(modal_forecast=band.point, modal_upper=band.upper)
         # Queued requests wait for the containers asked for to start anyway: drain them over
         # a start-up and the SLO, not the SLO alone (each container beyond that is billed for
